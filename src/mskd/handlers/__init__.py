@@ -1,0 +1,5 @@
+"""Handlers beyond MONAI's own."""
+
+from .per_class_metrics import PerClassMetricHandler
+
+__all__ = ["PerClassMetricHandler"]

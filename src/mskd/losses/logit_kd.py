@@ -1,0 +1,85 @@
+"""Pixel-wise logit distillation (Hinton KD applied per pixel)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from monai.utils import LossReduction
+from torch import Tensor
+
+from mskd.losses.base import DistillationTermLoss, check_real
+from mskd.losses.regions import one_hot_labels, region_balanced_weights
+
+__all__ = ["LogitDistillationLoss"]
+
+
+class LogitDistillationLoss(DistillationTermLoss):
+    r"""Pixel-wise knowledge distillation on the segmentation logits.
+
+    This is the project's reconstruction of the logit term of MSKD (Zhao et al., Comput Biol Med 2023, 107284),
+    whose full equations are not published; it follows the pixel-wise KD of SKD (Liu et al., CVPR 2019) and EMKD
+    (Qin et al., TMI 2021). As implemented, for logits ``z^S, z^T`` of shape ``B, K, H, W``::
+
+        kl_p = T^2 * sum_k softmax(z^T_p / T)_k * (log softmax(z^T_p / T)_k - log softmax(z^S_p / T)_k)
+        L_b  = (1 / (H W)) * sum_p kl_p                       (class_balanced=False)
+        L_b  = sum_p w_p * kl_p,  w_p = 1 / (K_present |R_k|) for p in R_k   (class_balanced=True)
+
+    where ``R_k`` is the ground-truth region of class ``k`` in sample ``b`` and ``K_present`` the number of classes
+    present in it (see :func:`mskd.losses.regions.region_balanced_weights`; the weights of a sample sum to 1).
+    The per-sample values ``L_b`` are then reduced over the batch.
+
+    Args:
+        temperature: softmax temperature ``T > 0``. Defaults to 4.0.
+        class_balanced: average the pixel values with region-balanced weights instead of a plain mean.
+        reduction: {``"none"``, ``"mean"``, ``"sum"``} reduction over the batch. Defaults to ``"mean"``.
+
+    Raises:
+        TypeError: When ``temperature`` is not a real number or ``class_balanced`` not a bool.
+        ValueError: When ``temperature <= 0`` (or not finite) or ``reduction`` is invalid.
+    """
+
+    def __init__(
+        self,
+        temperature: float = 4.0,
+        class_balanced: bool = False,
+        reduction: LossReduction | str = LossReduction.MEAN,
+    ) -> None:
+        super().__init__(reduction=reduction)
+        self.temperature = check_real("temperature", temperature, minimum=0.0, strict=True)
+        if not isinstance(class_balanced, bool):
+            raise TypeError(f"class_balanced must be a bool, got {class_balanced!r}.")
+        self.class_balanced = class_balanced
+
+    def per_sample(self, student: Tensor, teacher: Tensor, target: Tensor, teacher_logits: Tensor) -> Tensor:
+        """Per-sample KD values.
+
+        Args:
+            student: student logits ``B, K, H, W``.
+            teacher: teacher logits ``B, K, H, W`` (already detached).
+            target: ground-truth labels ``B, 1, H, W``.
+            teacher_logits: teacher logits ``B, K, H, W``; gives ``K``.
+
+        Returns:
+            ``(B,)`` per-sample values.
+
+        Raises:
+            ValueError: When student and teacher logits differ in shape (class count or spatial size), or their
+                class count / spatial size differ from ``teacher_logits`` / ``target``.
+        """
+        if student.shape != teacher.shape:
+            raise ValueError(
+                f"student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} must have the same "
+                "shape (same number of classes and spatial size)."
+            )
+        if student.shape[1] != teacher_logits.shape[1] or student.shape[2:] != target.shape[2:]:
+            raise ValueError(
+                f"logits {tuple(student.shape)} must match the classes of teacher_logits "
+                f"{tuple(teacher_logits.shape)} and the spatial size of target {tuple(target.shape)}."
+            )
+        t = self.temperature
+        log_p_s = F.log_softmax(student / t, dim=1)
+        log_p_t = F.log_softmax(teacher / t, dim=1)
+        kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1, keepdim=True) * (t * t)  # B, 1, H, W
+        if not self.class_balanced:
+            return kl.mean(dim=(1, 2, 3))
+        weights = region_balanced_weights(one_hot_labels(target, teacher_logits.shape[1], dtype=kl.dtype))
+        return (weights * kl).sum(dim=(1, 2, 3))

@@ -1,0 +1,129 @@
+"""End-to-end: the bundle's commands exactly as a user types them, on a tiny phantom, then the MLflow store."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mskd.data.phantom import generate_phantom_dataset
+
+BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "mskd_synapse"
+CONFIGS = BUNDLE / "configs"
+SCHEMA = Path(__file__).resolve().parent / "meta_schema_20220324.json"
+TINY = ["--image_size", "32", "--max_epochs", "1", "--val_interval", "1", "--batch_size", "2"]
+TINY += ["--slices_per_volume", "2", "--num_val_cases", "1", "--val_slice_batch", "8"]
+
+pytestmark = pytest.mark.e2e
+
+
+def _bundle(*files: str, args: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    config = "[" + ",".join(f"'{CONFIGS / f}'" for f in files) + "]"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--bundle_root", str(BUNDLE), *args]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    generate_phantom_dataset(root / "data", task="synapse", cases=5, seed=3, size=(32, 32, 16), test_cases=1)
+    args = [
+        "--dataset_dir",
+        str(root / "data"),
+        "--output_dir",
+        str(root / "output"),
+        "--ckpt_dir",
+        str(root / "models"),
+    ]
+    return root, args + TINY
+
+
+@pytest.fixture(scope="module")
+def trained(workspace):
+    root, args = workspace
+    _bundle("train_teacher.json", args=args)
+    _bundle("train_teacher.json", "distill.json", args=args)
+    _bundle("train_teacher.json", "distill.json", "evaluate.json", args=args)
+    return root, args
+
+
+def _runs(root: Path) -> dict:
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'output' / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("mskd_synapse")
+    return client, {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+
+
+def test_teacher_and_distillation_runs_are_tracked(trained):
+    root, _ = trained
+    client, runs = _runs(root)
+    assert {"unet-teacher-s0", "tiny_unet_from_unet-mskd-s0", "tiny_unet_from_unet-mskd-s0-test"} <= set(runs)
+    assert all(r.info.status == "FINISHED" for r in runs.values())
+
+    teacher = runs["unet-teacher-s0"]
+    assert teacher.data.params["method"] == "teacher" and teacher.data.params["network_params"] == "1607640"
+    assert {"loss", "loss_seg", "val_mean_dice", "val_dice_liver", "val_dice_gallbladder"} <= set(teacher.data.metrics)
+
+    student = runs["tiny_unet_from_unet-mskd-s0"]
+    params = student.data.params
+    assert params["method"] == "mskd" and params["teacher"] == "unet"
+    assert json.loads(params["loss_weights"].replace("'", '"')) == {"kd": 0.1, "ffd": 0.9, "rgd": 0.9}
+    assert {"loss_seg", "loss_kd", "loss_ffd", "loss_rgd", "val_mean_dice"} <= set(student.data.metrics)
+    history = client.get_metric_history(student.info.run_id, "loss_ffd")
+    assert len(history) >= 1 and all(np.isfinite(m.value) for m in history)
+
+    artifacts = {a.path for a in client.list_artifacts(student.info.run_id)}
+    assert {"model.pt", "tiny_unet_from_unet-mskd-s0.config.json"} <= artifacts
+    executed = json.loads(Path(root / "output" / "tiny_unet_from_unet-mskd-s0.config.json").read_text())
+    assert executed["max_epochs"] == 1 and executed["method"] == "mskd"  # overrides and the stacked file applied
+
+    test = runs["tiny_unet_from_unet-mskd-s0-test"]
+    assert 0.0 <= test.data.metrics["test_mean_dice"] <= 1.0
+    assert {f"test_dice_{o}" for o in ("spleen", "liver", "aorta", "pancreas")} <= set(test.data.metrics)
+    assert (root / "models" / "model.pt").is_file()
+
+
+def test_inference_writes_labels_on_the_input_grid(trained, tmp_path):
+    root, _ = trained
+    dataset = json.loads((root / "data" / "dataset.json").read_text())
+    image = root / "data" / dataset["test"][0]["image"]
+    _bundle(
+        "inference.json",
+        args=["--input", str(image), "--output_dir", str(tmp_path), "--ckpt_path", str(root / "models" / "model.pt")]
+        + ["--image_size", "32"],
+    )
+    [out] = list(tmp_path.glob("*.nii.gz"))
+    src, seg = nib.load(image), nib.load(out)
+    assert seg.shape == src.shape
+    np.testing.assert_allclose(seg.affine, src.affine, atol=1e-4)
+    assert set(np.unique(np.asarray(seg.dataobj))) <= set(range(9))
+
+
+def test_distill_without_teacher_checkpoint_fails_clearly(workspace, tmp_path):
+    _, args = workspace
+    args = [*args, "--ckpt_dir", str(tmp_path / "no_models"), "--output_dir", str(tmp_path / "out")]
+    proc = _bundle("train_teacher.json", "distill.json", args=args, check=False)
+    assert proc.returncode != 0
+    assert "teacher checkpoint not found" in proc.stderr and "Train the teacher first" in proc.stderr
+    assert not (tmp_path / "no_models").exists() or not any((tmp_path / "no_models").iterdir())
+
+
+def test_metadata_is_valid_offline():
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
+
+
+def test_inference_network_is_the_trained_student():
+    train = json.loads((CONFIGS / "train_teacher.json").read_text())
+    inference = json.loads((CONFIGS / "inference.json").read_text())
+    assert inference["network_def"] == train["student_def"]
+    assert inference["hu_window"] == train["hu_window"]

@@ -1,0 +1,201 @@
+"""Tests of ``FeatureFilteringDistillationLoss`` (FFD)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mskd.losses import FeatureFilteringDistillationLoss
+from mskd.losses.ffd import channel_agnostic_map
+
+
+def test_channel_agnostic_map_hand() -> None:
+    # ch0 = 2 everywhere (GAP 2), ch1 = 4 at (0, 0) only (GAP 1) -> w = softmax(2, 1) = (e, 1) / (e + 1).
+    # A = w0 * 2 + w1 * 4 * [p = (0, 0)] ∝ [[e + 2, e], [e, e]];
+    # normalised to unit mean square: A * sqrt(4) / ||A|| = 2 [[e + 2, e], [e, e]] / sqrt((e + 2)^2 + 3 e^2).
+    feats = torch.zeros(1, 2, 2, 2)
+    feats[0, 0] = 2.0
+    feats[0, 1, 0, 0] = 4.0
+    e = math.e
+    expected = torch.tensor([[e + 2, e], [e, e]]) * 2 / math.sqrt((e + 2) ** 2 + 3 * e**2)
+    amap = channel_agnostic_map(feats)
+    assert amap.shape == (1, 1, 2, 2)
+    torch.testing.assert_close(amap[0, 0], expected)
+    torch.testing.assert_close(amap.pow(2).mean(), torch.tensor(1.0))
+
+
+def test_channel_agnostic_map_relu_and_zero() -> None:
+    amap = channel_agnostic_map(-torch.ones(2, 3, 4, 4))
+    assert torch.equal(amap, torch.zeros(2, 1, 4, 4))
+
+
+def _hand_inputs(teacher_wrong_at_11: bool) -> tuple[torch.Tensor, ...]:
+    """B=1, K=2, one channel, 2x2 (so the softmax channel weight is 1 and A = normalised ReLU F).
+
+    Teacher F^T = 1 everywhere -> A^T = 1 everywhere.
+    Student F^S = [[3, 4], [0, 0]], ||F^S|| = 5 -> A^S = 2/5 F^S = [[1.2, 1.6], [0, 0]].
+    Squared differences: [[0.04, 0.36], [1, 1]].
+    Ground truth: class 1 at (0, 0), background elsewhere; the teacher predicts the ground truth, except
+    (optionally) class 1 at (1, 1).
+    """
+    teacher = torch.ones(1, 1, 2, 2)
+    student = torch.tensor([[3.0, 4.0], [0.0, 0.0]]).view(1, 1, 2, 2)
+    target = torch.tensor([[1, 0], [0, 0]]).view(1, 1, 2, 2)
+    teacher_logits = torch.zeros(1, 2, 2, 2)
+    teacher_logits[0, 1, 0, 0] = 1.0
+    if teacher_wrong_at_11:
+        teacher_logits[0, 1, 1, 1] = 1.0
+    return student, teacher, target, teacher_logits
+
+
+@pytest.mark.parametrize(
+    ("band_radius", "filter_errors", "teacher_wrong", "expected"),
+    [
+        # r=0: M = {(0,0)} (organ only), one region with weight 1 -> 0.04
+        (0, True, False, 0.04),
+        (0, False, True, 0.04),
+        # r=1: M = all pixels; class 1 weight 1/2 at (0,0), background 3 pixels of weight 1/6:
+        # 0.04/2 + (0.36 + 1 + 1)/6
+        (1, True, False, 0.04 / 2 + 2.36 / 6),
+        (1, False, True, 0.04 / 2 + 2.36 / 6),
+        # r=1, teacher wrong at (1,1) and filtered: background {(0,1), (1,0)} weight 1/4: 0.04/2 + (0.36 + 1)/4
+        (1, True, True, 0.04 / 2 + 1.36 / 4),
+    ],
+)
+def test_hand_computed(band_radius: int, filter_errors: bool, teacher_wrong: bool, expected: float) -> None:
+    student, teacher, target, teacher_logits = _hand_inputs(teacher_wrong)
+    loss = FeatureFilteringDistillationLoss(band_radius=band_radius, filter_teacher_errors=filter_errors)
+    torch.testing.assert_close(loss(student, teacher, target, teacher_logits), torch.tensor(expected))
+
+
+def test_teacher_wrong_on_the_whole_organ_gives_zero() -> None:
+    student, teacher, target, teacher_logits = _hand_inputs(False)
+    teacher_logits = torch.cat([target == 1, target == 0], dim=1).float()  # teacher wrong everywhere -> M empty
+    value = FeatureFilteringDistillationLoss(band_radius=1)(student, teacher, target, teacher_logits)
+    assert value.item() == 0.0
+
+
+def _random_inputs(
+    batch: int = 2, classes: int = 3, c_s: int = 4, c_t: int = 6, size_s: int = 4, size_t: int = 8, size: int = 8
+) -> tuple[torch.Tensor, ...]:
+    student = torch.randn(batch, c_s, size_s, size_s)
+    teacher = torch.randn(batch, c_t, size_t, size_t)
+    target = torch.randint(0, classes, (batch, 1, size, size))
+    teacher_logits = torch.randn(batch, classes, size, size)
+    return student, teacher, target, teacher_logits
+
+
+def test_zero_when_equal() -> None:
+    torch.manual_seed(1)
+    _, teacher, target, teacher_logits = _random_inputs(size_t=8)
+    value = FeatureFilteringDistillationLoss(filter_teacher_errors=False)(
+        teacher.clone(), teacher, target, teacher_logits
+    )
+    assert value.item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_zero_when_proportional_with_different_channels() -> None:
+    # every channel carries the same map m: the channel weights are uniform and the normalised maps coincide
+    torch.manual_seed(2)
+    base = torch.randn(2, 1, 8, 8)
+    student = 2.0 * base.repeat(1, 4, 1, 1)
+    teacher = base.repeat(1, 6, 1, 1)
+    _, _, target, teacher_logits = _random_inputs()
+    value = FeatureFilteringDistillationLoss(filter_teacher_errors=False)(student, teacher, target, teacher_logits)
+    assert value.item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_zero_when_teacher_is_upsampled_student() -> None:
+    # the smaller map is resized bilinearly to the larger size, so an identically upsampled teacher matches
+    torch.manual_seed(3)
+    student = torch.randn(2, 5, 4, 4)
+    teacher = F.interpolate(student, size=(8, 8), mode="bilinear", align_corners=False)
+    _, _, target, teacher_logits = _random_inputs()
+    value = FeatureFilteringDistillationLoss(filter_teacher_errors=False)(student, teacher, target, teacher_logits)
+    assert value.item() == pytest.approx(0.0, abs=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("c_s", "size_s", "c_t", "size_t"),
+    [(4, 4, 6, 8), (6, 8, 4, 4), (3, 8, 3, 8), (2, 2, 7, 4)],
+)
+def test_different_channels_and_sizes(c_s: int, size_s: int, c_t: int, size_t: int) -> None:
+    torch.manual_seed(4)
+    student, teacher, target, teacher_logits = _random_inputs(c_s=c_s, c_t=c_t, size_s=size_s, size_t=size_t)
+    value = FeatureFilteringDistillationLoss(band_radius=1, reduction="none")(student, teacher, target, teacher_logits)
+    assert value.shape == (2,)
+    assert torch.isfinite(value).all() and (value >= 0).all()
+
+
+def test_finite_with_absent_class_no_foreground_and_dead_features() -> None:
+    torch.manual_seed(5)
+    student, teacher, target, teacher_logits = _random_inputs(classes=4)
+    target = target.clamp(max=1)  # classes 2 and 3 absent
+    target[1] = 0  # second sample: no foreground -> empty band -> contributes 0
+    student[0] = -student[0].abs()  # first sample: ReLU kills every student feature
+    student.requires_grad_(True)
+    value = FeatureFilteringDistillationLoss(filter_teacher_errors=False, reduction="none")(
+        student, teacher, target, teacher_logits
+    )
+    assert torch.isfinite(value).all()
+    assert value[0] > 0 and value[1].item() == 0.0
+    value.sum().backward()
+    assert torch.isfinite(student.grad).all()
+
+
+def test_gradients_reach_student_only() -> None:
+    torch.manual_seed(6)
+    student, teacher, target, teacher_logits = _random_inputs()
+    student.requires_grad_(True)
+    teacher.requires_grad_(True)
+    teacher_logits.requires_grad_(True)
+    FeatureFilteringDistillationLoss(filter_teacher_errors=False)(student, teacher, target, teacher_logits).backward()
+    assert student.grad is not None and torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
+    assert teacher.grad is None and teacher_logits.grad is None
+
+
+def test_reductions() -> None:
+    torch.manual_seed(7)
+    args = _random_inputs(batch=3)
+    none = FeatureFilteringDistillationLoss(band_radius=2, reduction="none")(*args)
+    assert none.shape == (3,)
+    torch.testing.assert_close(FeatureFilteringDistillationLoss(band_radius=2, reduction="sum")(*args), none.sum())
+    torch.testing.assert_close(FeatureFilteringDistillationLoss(band_radius=2, reduction="mean")(*args), none.mean())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"band_radius": -1}, ValueError, "-1"),
+        ({"band_radius": 1.5}, TypeError, "1.5"),
+        ({"filter_teacher_errors": "yes"}, TypeError, "yes"),
+        ({"eps": 0.0}, ValueError, "0.0"),
+        ({"eps": -1e-8}, ValueError, "-1e-08"),
+        ({"reduction": "avg"}, ValueError, "avg"),
+    ],
+)
+def test_argument_errors(kwargs: dict, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        FeatureFilteringDistillationLoss(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        # golden values: computed once with this implementation (after the hand-computed tests passed)
+        ({}, 0.84991831),
+        ({"band_radius": 0}, 0.93576765),
+        ({"band_radius": 1, "filter_teacher_errors": False}, 0.59168649),
+    ],
+)
+def test_golden(kwargs: dict, expected: float) -> None:
+    torch.manual_seed(0)
+    student = torch.randn(2, 4, 4, 4)
+    teacher = torch.randn(2, 6, 8, 8)
+    target = torch.randint(0, 3, (2, 1, 8, 8))
+    teacher_logits = torch.randn(2, 3, 8, 8)
+    value = FeatureFilteringDistillationLoss(**kwargs)(student, teacher, target, teacher_logits)
+    assert value.item() == pytest.approx(expected, abs=1e-5)

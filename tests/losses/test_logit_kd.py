@@ -1,0 +1,176 @@
+"""Tests of ``LogitDistillationLoss`` and of the shared checks of ``DistillationTermLoss``."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mskd.losses import DistillationTermLoss, LogitDistillationLoss
+
+LN_4_3 = math.log(4.0 / 3.0)
+
+
+def _hand_inputs(temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """B=1, K=2, 2x2. Teacher logits 0 everywhere; student logits 0 except class 1 at (0, 0) = T ln 3.
+
+    At (0, 0): p_T = (1/2, 1/2), p_S = softmax(0, ln 3) = (1/4, 3/4), so
+    KL(p_T || p_S) = 1/2 ln(1/2 / 1/4) + 1/2 ln(1/2 / 3/4) = 1/2 ln(4/3); times T^2. Other pixels: KL = 0.
+    Ground truth: class 1 at (0, 0) only.
+    """
+    teacher = torch.zeros(1, 2, 2, 2)
+    student = torch.zeros(1, 2, 2, 2)
+    student[0, 1, 0, 0] = temperature * math.log(3.0)
+    target = torch.zeros(1, 1, 2, 2)
+    target[0, 0, 0, 0] = 1
+    return student, teacher, target
+
+
+@pytest.mark.parametrize(
+    ("temperature", "class_balanced", "expected"),
+    [
+        # plain: mean over 4 pixels of T^2 * 1/2 ln(4/3) at one pixel
+        (1.0, False, 0.5 * LN_4_3 / 4),
+        (2.0, False, 4 * 0.5 * LN_4_3 / 4),
+        # balanced: class 1 region (1 pixel) has weight 1/2, background pixels 1/6 each but KL 0 there
+        (1.0, True, 0.5 * 0.5 * LN_4_3),
+        (2.0, True, 0.5 * 4 * 0.5 * LN_4_3),
+    ],
+)
+def test_hand_computed(temperature: float, class_balanced: bool, expected: float) -> None:
+    student, teacher, target = _hand_inputs(temperature)
+    loss = LogitDistillationLoss(temperature=temperature, class_balanced=class_balanced)
+    torch.testing.assert_close(loss(student, teacher, target, teacher), torch.tensor(expected))
+
+
+def _random_inputs(batch: int = 2, classes: int = 3, size: int = 8) -> tuple[torch.Tensor, ...]:
+    student = torch.randn(batch, classes, size, size)
+    teacher = torch.randn(batch, classes, size, size)
+    target = torch.randint(0, classes, (batch, 1, size, size))
+    return student, teacher, target
+
+
+@pytest.mark.parametrize("class_balanced", [False, True])
+def test_zero_when_equal(class_balanced: bool) -> None:
+    torch.manual_seed(1)
+    _, teacher, target = _random_inputs()
+    value = LogitDistillationLoss(class_balanced=class_balanced)(teacher.clone(), teacher, target, teacher)
+    torch.testing.assert_close(value, torch.tensor(0.0), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("class_balanced", [False, True])
+def test_finite_with_absent_class_and_no_foreground(class_balanced: bool) -> None:
+    torch.manual_seed(2)
+    student, teacher, target = _random_inputs(classes=4)
+    target = target.clamp(max=1)  # classes 2 and 3 absent
+    target[1] = 0  # second sample: background only
+    value = LogitDistillationLoss(class_balanced=class_balanced, reduction="none")(student, teacher, target, teacher)
+    assert value.shape == (2,)
+    assert torch.isfinite(value).all()
+    assert (value > 0).all()
+
+
+def test_gradients_reach_student_only() -> None:
+    torch.manual_seed(3)
+    student, teacher, target = _random_inputs()
+    student.requires_grad_(True)
+    teacher.requires_grad_(True)
+    LogitDistillationLoss(class_balanced=True)(student, teacher, target, teacher).backward()
+    assert student.grad is not None and torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
+    assert teacher.grad is None
+
+
+def test_reductions() -> None:
+    torch.manual_seed(4)
+    student, teacher, target = _random_inputs(batch=3)
+    none = LogitDistillationLoss(reduction="none")(student, teacher, target, teacher)
+    assert none.shape == (3,)
+    torch.testing.assert_close(LogitDistillationLoss(reduction="sum")(student, teacher, target, teacher), none.sum())
+    torch.testing.assert_close(LogitDistillationLoss(reduction="mean")(student, teacher, target, teacher), none.mean())
+
+
+@pytest.mark.parametrize(
+    ("student_shape", "teacher_shape"),
+    [
+        ((2, 3, 8, 8), (2, 4, 8, 8)),  # class counts differ
+        ((2, 3, 4, 4), (2, 3, 8, 8)),  # spatial sizes differ
+    ],
+)
+def test_shape_mismatch_names_both_shapes(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> None:
+    teacher_logits = torch.zeros(2, 3, 8, 8)
+    target = torch.zeros(2, 1, 8, 8)
+    with pytest.raises(ValueError) as info:
+        LogitDistillationLoss()(torch.zeros(student_shape), torch.zeros(teacher_shape), target, teacher_logits)
+    assert str(student_shape) in str(info.value) and str(teacher_shape) in str(info.value)
+
+
+def test_logits_must_match_teacher_logits_classes() -> None:
+    logits = torch.zeros(2, 4, 8, 8)
+    with pytest.raises(ValueError, match=r"\(2, 3, 8, 8\)"):
+        LogitDistillationLoss()(logits, logits, torch.zeros(2, 1, 8, 8), torch.zeros(2, 3, 8, 8))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"temperature": 0.0}, ValueError, "0.0"),
+        ({"temperature": -1.0}, ValueError, "-1.0"),
+        ({"temperature": float("nan")}, ValueError, "nan"),
+        ({"temperature": "4"}, TypeError, "'4'"),
+        ({"class_balanced": 1}, TypeError, "1"),
+        ({"reduction": "avg"}, ValueError, "avg"),
+    ],
+)
+def test_argument_errors(kwargs: dict, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        LogitDistillationLoss(**kwargs)
+
+
+# Shared input checks of DistillationTermLoss, exercised through LogitDistillationLoss.
+_GOOD = {
+    "student": torch.zeros(2, 3, 4, 4),
+    "teacher": torch.zeros(2, 3, 4, 4),
+    "target": torch.zeros(2, 1, 4, 4),
+    "teacher_logits": torch.zeros(2, 3, 4, 4),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "error", "match"),
+    [
+        ("student", [[0.0]], TypeError, "student must be a torch.Tensor"),
+        ("teacher", torch.zeros(2, 3, 4), ValueError, r"teacher must be a 4-D.*\(2, 3, 4\)"),
+        ("target", torch.zeros(2, 2, 4, 4), ValueError, r"one channel.*\(2, 2, 4, 4\)"),
+        ("target", torch.zeros(2, 1, 5, 4), ValueError, r"\(2, 1, 5, 4\).*\(2, 3, 4, 4\)"),
+        ("target", torch.full((2, 1, 4, 4), 3.0), ValueError, "0..2"),
+        ("student", torch.zeros(1, 3, 4, 4), ValueError, r"student batch size 1"),
+        ("teacher", torch.zeros(3, 3, 4, 4), ValueError, r"teacher batch size 3"),
+    ],
+)
+def test_shared_input_checks(name: str, value: object, error: type[Exception], match: str) -> None:
+    args = dict(_GOOD, **{name: value})
+    with pytest.raises(error, match=match):
+        LogitDistillationLoss()(**args)
+
+
+def test_base_class_is_abstract() -> None:
+    with pytest.raises(NotImplementedError):
+        DistillationTermLoss()(**_GOOD)
+
+
+@pytest.mark.parametrize(
+    ("class_balanced", "expected"),
+    [
+        # golden values: computed once with this implementation (after the hand-computed tests passed)
+        (False, 0.71321970),
+        (True, 0.72243506),
+    ],
+)
+def test_golden(class_balanced: bool, expected: float) -> None:
+    torch.manual_seed(0)
+    student = torch.randn(2, 3, 8, 8)
+    teacher = torch.randn(2, 3, 8, 8)
+    target = torch.randint(0, 3, (2, 1, 8, 8))
+    value = LogitDistillationLoss(temperature=4.0, class_balanced=class_balanced)(student, teacher, target, teacher)
+    assert value.item() == pytest.approx(expected, abs=1e-5)

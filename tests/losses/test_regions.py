@@ -1,0 +1,143 @@
+"""Tests of the shared helpers in ``mskd.losses.regions``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mskd.losses.regions import (
+    check_labels,
+    common_size,
+    dilate_mask,
+    one_hot_labels,
+    region_balanced_weights,
+    resize_features,
+    resize_labels,
+    teacher_prediction,
+)
+
+# 4x4 hand case: background 11 pixels, class 1 a 2x2 block (4 pixels), class 2 a single pixel.
+LABELS_4X4 = torch.tensor(
+    [
+        [0, 0, 0, 0],
+        [0, 1, 1, 0],
+        [0, 1, 1, 0],
+        [0, 0, 0, 2],
+    ]
+).view(1, 1, 4, 4)
+
+
+def test_region_balanced_weights_hand_4x4() -> None:
+    # K_present = 3, so each region gets total weight 1/3:
+    # background 1/(3*11) = 1/33, class 1 1/(3*4) = 1/12, class 2 1/(3*1) = 1/3.
+    weights = region_balanced_weights(one_hot_labels(LABELS_4X4, 3))
+    expected = torch.tensor([1 / 33, 1 / 12, 1 / 3])[LABELS_4X4]
+    assert weights.shape == (1, 1, 4, 4)
+    torch.testing.assert_close(weights, expected)
+    torch.testing.assert_close(weights.sum(), torch.tensor(1.0))
+
+
+def test_region_balanced_weights_hand_4x4_with_mask() -> None:
+    # mask keeps rows 0..2: background 4 + 2 + 2 = 8 pixels, class 1 4 pixels, class 2 (row 3) dropped.
+    # K_present = 2: background 1/(2*8) = 1/16, class 1 1/(2*4) = 1/8, everything outside the mask 0.
+    mask = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    mask[..., :3, :] = True
+    weights = region_balanced_weights(one_hot_labels(LABELS_4X4, 3), mask)
+    expected = torch.tensor([1 / 16, 1 / 8, 0.0])[LABELS_4X4] * mask
+    torch.testing.assert_close(weights, expected)
+    torch.testing.assert_close(weights.sum(), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("num_classes", [2, 3, 5])
+@pytest.mark.parametrize("use_mask", [False, True])
+def test_region_balanced_weights_sum_to_one(num_classes: int, use_mask: bool) -> None:
+    torch.manual_seed(num_classes)
+    labels = torch.randint(0, num_classes, (4, 1, 6, 7))
+    mask = torch.rand(4, 1, 6, 7) > 0.5 if use_mask else None
+    if mask is not None:
+        mask[:, :, 0, 0] = True  # at least one pixel per sample
+    weights = region_balanced_weights(one_hot_labels(labels, num_classes), mask)
+    torch.testing.assert_close(weights.sum(dim=(1, 2, 3)), torch.ones(4))
+    assert (weights >= 0).all()
+
+
+def test_region_balanced_weights_background_only_and_empty_mask() -> None:
+    regions = one_hot_labels(torch.zeros(2, 1, 3, 3, dtype=torch.long), 3)
+    mask = torch.ones(2, 1, 3, 3, dtype=torch.bool)
+    mask[1] = False
+    weights = region_balanced_weights(regions, mask)
+    torch.testing.assert_close(weights[0], torch.full((1, 3, 3), 1 / 9))
+    assert torch.equal(weights[1], torch.zeros(1, 3, 3))  # empty mask: all zero, no NaN
+
+
+@pytest.mark.parametrize(
+    ("radius", "rows", "cols"),
+    [
+        (0, slice(1, 2), slice(1, 2)),  # identity
+        (1, slice(0, 3), slice(0, 3)),  # 3x3 square around (1, 1)
+        (2, slice(0, 4), slice(0, 4)),  # 5x5 square, clipped at the border
+    ],
+)
+def test_dilate_mask_band(radius: int, rows: slice, cols: slice) -> None:
+    mask = torch.zeros(1, 1, 6, 6, dtype=torch.bool)
+    mask[0, 0, 1, 1] = True
+    expected = torch.zeros(1, 1, 6, 6, dtype=torch.bool)
+    expected[0, 0, rows, cols] = True
+    assert torch.equal(dilate_mask(mask, radius), expected)
+
+
+def test_dilate_mask_negative_radius() -> None:
+    with pytest.raises(ValueError, match="-1"):
+        dilate_mask(torch.zeros(1, 1, 2, 2), -1)
+
+
+@pytest.mark.parametrize(
+    ("shapes", "expected"),
+    [
+        (((1, 4, 4, 4), (1, 6, 8, 8)), (8, 8)),
+        (((1, 4, 8, 8), (1, 6, 4, 4)), (8, 8)),
+        (((1, 4, 8, 4), (1, 6, 4, 8)), (8, 8)),
+        (((1, 4, 5, 7), (1, 6, 5, 7)), (5, 7)),
+    ],
+)
+def test_common_size(shapes: tuple[tuple[int, ...], ...], expected: tuple[int, int]) -> None:
+    assert common_size(*(torch.zeros(s) for s in shapes)) == expected
+
+
+def test_resize_features() -> None:
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    assert resize_features(x, (4, 4)) is x
+    y = resize_features(torch.full((2, 3, 2, 2), 5.0), (4, 4))
+    assert y.shape == (2, 3, 4, 4)
+    torch.testing.assert_close(y, torch.full((2, 3, 4, 4), 5.0))
+
+
+def test_resize_labels_and_teacher_prediction() -> None:
+    labels = torch.tensor([[0.0, 1.0], [2.0, 1.0]]).view(1, 1, 2, 2)
+    up = resize_labels(labels, (4, 4))
+    assert up.dtype == torch.long
+    expected = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 1, 1], [2, 2, 1, 1]]).view(1, 1, 4, 4)
+    assert torch.equal(up, expected)
+    assert torch.equal(resize_labels(up, (2, 2)), labels.long())
+    logits = one_hot_labels(expected, 3) * 3.0  # argmax recovers the labels
+    assert torch.equal(teacher_prediction(logits, (2, 2)), labels.long())
+
+
+def test_one_hot_labels() -> None:
+    onehot = one_hot_labels(LABELS_4X4.float(), 4, dtype=torch.float64)
+    assert onehot.shape == (1, 4, 4, 4)
+    assert onehot.dtype == torch.float64
+    torch.testing.assert_close(onehot.sum(dim=(2, 3))[0], torch.tensor([11.0, 4.0, 1.0, 0.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    ("labels", "match"),
+    [
+        (torch.tensor([0, 3]), "0..2"),
+        (torch.tensor([-1, 1]), "-1..1"),
+        (torch.tensor([0.0, 0.5]), "integer"),
+    ],
+)
+def test_check_labels_errors(labels: torch.Tensor, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        check_labels(labels.view(1, 1, 1, 2), 3)

@@ -1,0 +1,169 @@
+"""Tests of ``RegionGraphDistillationLoss`` (RGD)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mskd.losses import RegionGraphDistillationLoss
+from mskd.losses.rgd import class_prototypes, normalized_region_graph
+
+C = 1 / math.sqrt(2)  # cosine between (1, 0) and (1, 1)
+
+
+def _hand_inputs(classes: int) -> tuple[torch.Tensor, ...]:
+    """B=1, 2 channels, 2x2; ground truth: top row background, bottom row class 1 (other classes absent).
+
+    Teacher: background pixels (1, 0), class-1 pixels (0, 1) -> v0 = (1, 0), v1 = (0, 1), cosine 0:
+        E+ + I = 2 I, D = 2 I, Â^T = I, and every power of it is I.
+    Student: background (1, 0), class 1 (1, 1) -> v1 = (1, 1), cosine c = 1/sqrt(2):
+        E+ + I = [[2, c], [c, 2]], D = (2 + c) I, Â^S = [[2, c], [c, 2]] / (2 + c).
+    Order 1: diffs -c/(2+c) (diagonal), c/(2+c) (off-diagonal): sum 4 c^2/(2+c)^2, / K_present^2 = 4.
+    Order 2: (Â^S)^2 = [[4 + c^2, 4c], [4c, 4 + c^2]] / (2+c)^2; minus I: diagonal -4c/(2+c)^2,
+        off-diagonal 4c/(2+c)^2: sum 4 * 16 c^2/(2+c)^4, / 4.
+    """
+    teacher = torch.tensor([[[1.0, 1.0], [0.0, 0.0]], [[0.0, 0.0], [1.0, 1.0]]]).unsqueeze(0)
+    student = torch.tensor([[[1.0, 1.0], [1.0, 1.0]], [[0.0, 0.0], [1.0, 1.0]]]).unsqueeze(0)
+    target = torch.tensor([[0, 0], [1, 1]]).view(1, 1, 2, 2)
+    teacher_logits = torch.zeros(1, classes, 2, 2)
+    return student, teacher, target, teacher_logits
+
+
+ORDER_1 = C**2 / (2 + C) ** 2
+ORDER_2 = ORDER_1 + 16 * C**2 / (2 + C) ** 4
+
+
+@pytest.mark.parametrize(
+    ("order", "classes", "expected"),
+    [
+        (1, 2, ORDER_1),
+        (2, 2, ORDER_2),
+        # K=3 with class 2 absent: only present pairs count, K_present = 2 -> same values
+        (1, 3, ORDER_1),
+        (2, 3, ORDER_2),
+    ],
+)
+def test_hand_computed(order: int, classes: int, expected: float) -> None:
+    value = RegionGraphDistillationLoss(order=order)(*_hand_inputs(classes))
+    torch.testing.assert_close(value, torch.tensor(expected))
+
+
+def test_graph_helpers_hand() -> None:
+    student, _, target, _ = _hand_inputs(3)
+    regions = F.one_hot(target[:, 0], 3).permute(0, 3, 1, 2).float()
+    protos = class_prototypes(student, regions)
+    torch.testing.assert_close(protos[0], torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]]))
+    graph = normalized_region_graph(protos, torch.tensor([[True, True, False]]))
+    expected = torch.tensor([[2.0, C, 0.0], [C, 2.0, 0.0], [0.0, 0.0, 2.0 + C]]) / (2 + C)  # absent node isolated
+    torch.testing.assert_close(graph[0], expected)
+
+
+def _random_inputs(
+    batch: int = 2, classes: int = 3, c_s: int = 4, c_t: int = 6, size_s: int = 4, size_t: int = 8, size: int = 8
+) -> tuple[torch.Tensor, ...]:
+    student = torch.randn(batch, c_s, size_s, size_s)
+    teacher = torch.randn(batch, c_t, size_t, size_t)
+    target = torch.randint(0, classes, (batch, 1, size, size))
+    teacher_logits = torch.randn(batch, classes, size, size)
+    return student, teacher, target, teacher_logits
+
+
+def _zero_cases() -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    torch.manual_seed(1)
+    base = torch.randn(2, 2, 8, 8)
+    small = torch.randn(2, 5, 4, 4)
+    return [
+        ("identical", base.clone(), base),
+        ("scaled", 3.0 * base, base),
+        ("tiled channels 4 vs 6", base.repeat(1, 2, 1, 1), base.repeat(1, 3, 1, 1)),
+        ("teacher = upsampled student", small, F.interpolate(small, size=(8, 8), mode="bilinear")),
+    ]
+
+
+@pytest.mark.parametrize(("case", "student", "teacher"), _zero_cases())
+def test_zero_when_structure_identical(case: str, student: torch.Tensor, teacher: torch.Tensor) -> None:
+    _, _, target, teacher_logits = _random_inputs()
+    value = RegionGraphDistillationLoss(order=3)(student, teacher, target, teacher_logits)
+    assert value.item() == pytest.approx(0.0, abs=1e-10), case
+
+
+@pytest.mark.parametrize(
+    ("c_s", "size_s", "c_t", "size_t"),
+    [(4, 4, 6, 8), (6, 8, 4, 4), (3, 8, 3, 8), (2, 2, 7, 4)],
+)
+def test_different_channels_and_sizes(c_s: int, size_s: int, c_t: int, size_t: int) -> None:
+    torch.manual_seed(4)
+    student, teacher, target, teacher_logits = _random_inputs(c_s=c_s, c_t=c_t, size_s=size_s, size_t=size_t)
+    value = RegionGraphDistillationLoss(reduction="none")(student, teacher, target, teacher_logits)
+    assert value.shape == (2,)
+    assert torch.isfinite(value).all() and (value >= 0).all()
+
+
+def test_finite_with_absent_class_no_foreground_and_zero_features() -> None:
+    torch.manual_seed(5)
+    student, teacher, target, teacher_logits = _random_inputs(classes=4)
+    target = target.clamp(max=1)  # classes 2 and 3 absent
+    target[1] = 0  # second sample: background only -> a single node, identical graphs
+    student[0, :, :, :] = 0.0  # first sample: all-zero student prototypes
+    student.requires_grad_(True)
+    value = RegionGraphDistillationLoss(reduction="none")(student, teacher, target, teacher_logits)
+    assert torch.isfinite(value).all()
+    assert value[1].item() == pytest.approx(0.0, abs=1e-12)
+    value.sum().backward()
+    assert torch.isfinite(student.grad).all()
+
+
+def test_gradients_reach_student_only() -> None:
+    torch.manual_seed(6)
+    student, teacher, target, teacher_logits = _random_inputs()
+    student.requires_grad_(True)
+    teacher.requires_grad_(True)
+    teacher_logits.requires_grad_(True)
+    RegionGraphDistillationLoss()(student, teacher, target, teacher_logits).backward()
+    assert student.grad is not None and torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
+    assert teacher.grad is None and teacher_logits.grad is None
+
+
+def test_reductions() -> None:
+    torch.manual_seed(7)
+    args = _random_inputs(batch=3)
+    none = RegionGraphDistillationLoss(reduction="none")(*args)
+    assert none.shape == (3,)
+    torch.testing.assert_close(RegionGraphDistillationLoss(reduction="sum")(*args), none.sum())
+    torch.testing.assert_close(RegionGraphDistillationLoss(reduction="mean")(*args), none.mean())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"order": 0}, ValueError, "order must be >= 1, got 0"),
+        ({"order": -2}, ValueError, "-2"),
+        ({"order": 1.5}, TypeError, "1.5"),
+        ({"eps": 0.0}, ValueError, "0.0"),
+        ({"reduction": "avg"}, ValueError, "avg"),
+    ],
+)
+def test_argument_errors(kwargs: dict, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        RegionGraphDistillationLoss(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("order", "expected"),
+    [
+        # golden values: computed once with this implementation (after the hand-computed tests passed)
+        (1, 0.02324867),
+        (2, 0.05912093),
+    ],
+)
+def test_golden(order: int, expected: float) -> None:
+    torch.manual_seed(0)
+    student = torch.randn(2, 4, 4, 4)
+    teacher = torch.randn(2, 6, 8, 8)
+    target = torch.randint(0, 3, (2, 1, 8, 8))
+    teacher_logits = torch.randn(2, 3, 8, 8)
+    value = RegionGraphDistillationLoss(order=order)(student, teacher, target, teacher_logits)
+    assert value.item() == pytest.approx(expected, abs=1e-5)
