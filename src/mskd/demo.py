@@ -23,19 +23,21 @@ class DemoSettings:
     val_interval: int
     batch_size: int
     slices_per_volume: int
+    learning_rate: float = 0.001
     seed: int = 0
 
 
 DEMO = DemoSettings(
-    cases=16,
+    cases=20,
     test_cases=4,
     size=(96, 96, 48),
     image_size=96,
-    teacher_epochs=40,
-    student_epochs=40,
-    val_interval=10,
+    teacher_epochs=120,
+    student_epochs=120,
+    val_interval=20,
     batch_size=4,
-    slices_per_volume=8,
+    slices_per_volume=4,
+    learning_rate=0.002,
 )
 QUICK = DemoSettings(
     cases=5,
@@ -153,6 +155,7 @@ def run_demo(
         "val_interval": settings.val_interval,
         "batch_size": settings.batch_size,
         "slices_per_volume": settings.slices_per_volume,
+        "learning_rate": settings.learning_rate,
     }
     for label, files in STACKS.items():
         epochs = settings.teacher_epochs if label == "teacher" else settings.student_epochs

@@ -17,7 +17,7 @@ BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "mskd_synapse"
 CONFIGS = BUNDLE / "configs"
 SCHEMA = Path(__file__).resolve().parent / "meta_schema_20220324.json"
 TINY = ["--image_size", "32", "--max_epochs", "1", "--val_interval", "1", "--batch_size", "2"]
-TINY += ["--slices_per_volume", "2", "--num_val_cases", "1", "--val_slice_batch", "8"]
+TINY += ["--slices_per_volume", "2", "--num_val_cases", "1", "--val_slice_batch", "8", "--log_every", "1"]
 
 pytestmark = pytest.mark.e2e
 

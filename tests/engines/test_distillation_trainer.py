@@ -102,3 +102,14 @@ def test_tap_path_checked_up_front():
             student_taps={"low": "model.0", "high": "model.7"},
             teacher_taps=TAPS,
         )
+
+
+def test_autocast_path_runs_on_cpu_in_bfloat16():
+    # The CUDA path (autocast + GradScaler) exercised on CPU with bf16: the scaler is disabled without CUDA.
+    teacher, student = _net((8, 16, 32)), _net((4, 8, 16))
+    with pytest.warns(UserWarning):  # torch warns that the CUDA GradScaler is disabled on a CPU-only machine
+        trainer = _trainer(teacher, student, amp=True, amp_kwargs={"dtype": torch.bfloat16})
+        trainer.run()
+    terms = trainer.state.output[LOSS_TERMS]
+    assert all(torch.isfinite(v) for v in terms.values())
+    assert trainer.state.output["pred"].dtype == torch.bfloat16

@@ -1,0 +1,27 @@
+import pytest
+
+from mskd.demo import QUICK, format_table, run_demo
+
+ORGANS = ["spleen", "right_kidney", "left_kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas"]
+
+
+def test_format_table_rows_and_percentages():
+    metrics = {"network_params": 53492.0, "test_mean_dice": 0.5, **{f"test_dice_{o}": 0.25 for o in ORGANS}}
+    table = format_table({"run-a": metrics}, ORGANS).splitlines()
+    assert table[0].startswith("| model | params | mean Dice | spleen |")
+    assert table[2] == "| run-a | 53,492 | 50.0 | " + " | ".join(["25.0"] * 8) + " |"
+
+
+@pytest.mark.e2e
+def test_quick_demo_runs_every_stage_and_reads_back_the_table(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    rows = run_demo(tmp_path / "demo", quick=True)
+    assert set(rows) == {"unet-teacher-s0-test", "tiny_unet-baseline-s0-test", "tiny_unet_from_unet-mskd-s0-test"}
+    for metrics in rows.values():
+        assert 0.0 <= metrics["test_mean_dice"] <= 1.0
+        assert all(f"test_dice_{o}" in metrics for o in ORGANS)
+    assert rows["unet-teacher-s0-test"]["network_params"] > rows["tiny_unet-baseline-s0-test"]["network_params"]
+    report = (tmp_path / "demo" / "results.md").read_text()
+    assert "tiny_unet_from_unet-mskd-s0-test" in report and "total:" in report
+    assert (tmp_path / "demo" / "models" / "model.pt").is_file()
+    assert QUICK.test_cases == 1
