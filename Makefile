@@ -10,7 +10,7 @@ MLFLOW_PORT ?= 5000
 export MALLOC_MMAP_THRESHOLD_ := 17179869184
 export MALLOC_TRIM_THRESHOLD_ := 17179869184
 
-.PHONY: install demo test lint mlflow-ui clean
+.PHONY: install demo test lint bench mlflow-ui clean
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ test: install
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+
+# Performance benchmarks (not run by CI): results go to docs/.
+bench: install
+	$(BIN)/python benchmarks/networks.py
 
 mlflow-ui: install
 	$(BIN)/mlflow server --backend-store-uri sqlite:///$(abspath $(DEMO_DIR))/output/mlruns.db \

@@ -24,6 +24,8 @@ class DemoSettings:
     batch_size: int
     slices_per_volume: int
     learning_rate: float = 0.001
+    teacher: str = "unet"
+    student: str = "tiny_unet"
     seed: int = 0
 
 
@@ -147,6 +149,8 @@ def run_demo(
     timings["phantom"] = time.perf_counter() - t0
 
     common = {
+        "teacher": settings.teacher,
+        "student": settings.student,
         "dataset_dir": str(data_dir),
         "output_dir": str(workdir / "output"),
         "ckpt_dir": str(workdir / "models"),

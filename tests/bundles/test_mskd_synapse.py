@@ -16,6 +16,7 @@ from mskd.data.phantom import generate_phantom_dataset
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "mskd_synapse"
 CONFIGS = BUNDLE / "configs"
 SCHEMA = Path(__file__).resolve().parent / "meta_schema_20220324.json"
+CPU_NETWORKS = ["--teacher", "unet", "--student", "tiny_unet"]  # the bundle's default teacher is paper-scale
 TINY = ["--image_size", "32", "--max_epochs", "1", "--val_interval", "1", "--batch_size", "2"]
 TINY += ["--slices_per_volume", "2", "--num_val_cases", "1", "--val_slice_batch", "8", "--log_every", "1"]
 
@@ -32,24 +33,22 @@ def _bundle(*files: str, args: list[str], check: bool = True) -> subprocess.Comp
     return proc
 
 
+def _dirs(root: Path) -> list[str]:
+    return ["--output_dir", str(root / "output"), "--ckpt_dir", str(root / "models")]
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
+    """A tiny phantom set; returns its root and the bundle arguments every run shares."""
     root = tmp_path_factory.mktemp("e2e")
     generate_phantom_dataset(root / "data", task="synapse", cases=5, seed=3, size=(32, 32, 16), test_cases=1)
-    args = [
-        "--dataset_dir",
-        str(root / "data"),
-        "--output_dir",
-        str(root / "output"),
-        "--ckpt_dir",
-        str(root / "models"),
-    ]
-    return root, args + TINY
+    return root, ["--dataset_dir", str(root / "data"), *TINY]
 
 
 @pytest.fixture(scope="module")
 def trained(workspace):
-    root, args = workspace
+    root, common = workspace
+    args = [*common, *CPU_NETWORKS, *_dirs(root)]
     _bundle("train_teacher.json", args=args)
     _bundle("train_teacher.json", "distill.json", args=args)
     _bundle("train_teacher.json", "distill.json", "evaluate.json", args=args)
@@ -108,12 +107,11 @@ def test_inference_writes_labels_on_the_input_grid(trained, tmp_path):
 
 
 def test_distill_without_teacher_checkpoint_fails_clearly(workspace, tmp_path):
-    _, args = workspace
-    args = [*args, "--ckpt_dir", str(tmp_path / "no_models"), "--output_dir", str(tmp_path / "out")]
-    proc = _bundle("train_teacher.json", "distill.json", args=args, check=False)
+    _, common = workspace
+    proc = _bundle("train_teacher.json", "distill.json", args=[*common, *CPU_NETWORKS, *_dirs(tmp_path)], check=False)
     assert proc.returncode != 0
     assert "teacher checkpoint not found" in proc.stderr and "Train the teacher first" in proc.stderr
-    assert not (tmp_path / "no_models").exists() or not any((tmp_path / "no_models").iterdir())
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
 
 
 def test_metadata_is_valid_offline():
@@ -125,5 +123,22 @@ def test_metadata_is_valid_offline():
 def test_inference_network_is_the_trained_student():
     train = json.loads((CONFIGS / "train_teacher.json").read_text())
     inference = json.loads((CONFIGS / "inference.json").read_text())
+    assert inference["student"] == train["student"] and inference["student_kwargs"] == train["student_kwargs"]
     assert inference["network_def"] == train["student_def"]
-    assert inference["hu_window"] == train["hu_window"]
+    assert inference["hu_window"] == train["hu_window"] and inference["image_size"] == train["image_size"]
+
+
+@pytest.mark.parametrize("teacher, student", [("transunet_small", "enet")])
+def test_teacher_and_student_are_chosen_by_name(workspace, tmp_path, teacher, student):
+    _, common = workspace
+    args = [*common, *_dirs(tmp_path), "--teacher", teacher, "--student", student]
+    _bundle("train_teacher.json", args=args)
+    _bundle("train_teacher.json", "distill.json", args=args)
+    _, runs = _runs(tmp_path)
+    distilled = runs[f"{student}_from_{teacher}-mskd-s0"]
+    assert distilled.info.status == "FINISHED"
+    assert (
+        distilled.data.params["teacher"] == teacher and distilled.data.params["network"] == f"{student}_from_{teacher}"
+    )
+    assert {"loss_kd", "loss_ffd", "loss_rgd"} <= set(distilled.data.metrics)
+    assert (tmp_path / "models" / f"{teacher}-teacher-s0.pt").is_file()

@@ -1,6 +1,37 @@
-"""Networks: feature taps and checkpoint helpers (teachers and students come from MONAI in v1)."""
+"""Networks: the registry (teachers and students by name), feature taps and checkpoint helpers."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from .checkpoint import count_parameters, load_weights
+from .registry import default_taps, get_network, list_networks, tap_points
 from .taps import FeatureTaps, unwrap_network
 
-__all__ = ["FeatureTaps", "count_parameters", "load_weights", "unwrap_network"]
+# Network classes are imported on first access, so `import mskd.networks` stays light.
+_LAZY = {
+    "TransUNet": "transunet",
+    "ENet": "enet",
+    "ERFNet": "erfnet",
+    "ESPNet": "espnet",
+    "MobileNetV2UNet": "mobilenetv2_unet",
+}
+
+__all__ = [
+    "FeatureTaps",
+    "count_parameters",
+    "default_taps",
+    "get_network",
+    "list_networks",
+    "load_weights",
+    "tap_points",
+    "unwrap_network",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

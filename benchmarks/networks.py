@@ -1,0 +1,123 @@
+"""Benchmark every registered teacher/student: parameters, GFLOPs at 224², CPU latency, tap points.
+
+Writes ``docs/benchmarks/networks.json`` and the table of ``docs/networks.md`` (between the markers), e.g.::
+
+    MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 python benchmarks/networks.py
+
+Latency: batch 1, 1×224×224 input, eval mode under ``torch.inference_mode()``, ``--threads`` CPU threads, the median
+of ``--repeats`` runs after ``--warmup`` runs. FLOPs: ``torch.utils.flop_counter`` (one multiply-add = 2 FLOPs;
+convolutions, matrix products and attention only, as that counter does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from mskd.networks import count_parameters, get_network, tap_points
+
+ROOT = Path(__file__).resolve().parents[1]
+NETWORKS = ["transunet", "transunet_small", "unet", "enet", "erfnet", "espnet", "mobilenetv2_unet", "tiny_unet"]
+# Published parameter counts, and what the reference implementations measured on this kind of machine gave
+# (DESIGN §4: 2 threads, batch 1, 224²).
+REFERENCE = {
+    "transunet": ("105.3 M (R50-ViT-B/16, 9 classes)", "105,277,081 / 311 ms"),
+    "enet": ("0.37 M", "354 k / 12 ms"),
+    "erfnet": ("2.07 M", "2.06 M / 22 ms"),
+    "espnet": ("0.36 M", "189 k / 9 ms"),
+    "mobilenetv2_unet": ("2–4 M (encoder 2.2 M)", "2.25 M / 35 ms"),
+}
+BEGIN, END = "<!-- networks-table:begin -->", "<!-- networks-table:end -->"
+
+
+def measure(name: str, size: int, threads: int, warmup: int, repeats: int) -> dict:
+    """Parameters, GFLOPs, latency and taps of one network at ``size``² (9 classes, 1 input channel)."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    net = get_network(name, in_channels=1, out_channels=9).eval()
+    x = torch.rand(1, 1, size, size)
+    with torch.inference_mode():
+        counter = FlopCounterMode(display=False)
+        with counter:
+            net(x)
+        for _ in range(warmup):
+            net(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            net(x)
+            times.append(time.perf_counter() - start)
+    return {
+        "name": name,
+        "params": count_parameters(net),
+        "gflops": counter.get_total_flops() / 1e9,
+        "latency_ms": 1000 * statistics.median(times),
+        "taps": {k: {"module": p, "stride": s} for k, (p, s) in tap_points(net).items()},
+    }
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    """The table written into docs/networks.md."""
+    lines = [
+        f"Measured by `benchmarks/networks.py` on {meta['machine']}, {meta['threads']} threads, torch "
+        f"{meta['torch']}: batch 1, 1×{meta['size']}×{meta['size']}, 9 classes, median of {meta['repeats']} runs "
+        f"after {meta['warmup']} warm-up runs.",
+        "",
+        "| network | params | GFLOPs | CPU latency (ms) | published params | reference (params / latency) | taps (stride) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        published, reference = REFERENCE.get(r["name"], ("—", "—"))
+        taps = ", ".join(f"`{k}` {v['module']} ({v['stride']})" for k, v in r["taps"].items())
+        lines.append(
+            f"| {r['name']} | {r['params']:,} | {r['gflops']:.2f} | {r['latency_ms']:.1f} | {published} | "
+            f"{reference} | {taps} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--networks", nargs="*", default=NETWORKS)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "networks.json")
+    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "networks.md")
+    args = parser.parse_args()
+
+    meta = {
+        "machine": f"{platform.machine()} {platform.processor() or ''} ({os.cpu_count()} cores)".replace("  ", " "),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "size": args.size,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+    }
+    rows = []
+    for name in args.networks:
+        rows.append(measure(name, args.size, args.threads, args.warmup, args.repeats))
+        print(f"{name:18s} {rows[-1]['params']:>12,} params {rows[-1]['gflops']:8.2f} GFLOPs "
+              f"{rows[-1]['latency_ms']:8.1f} ms")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"meta": meta, "networks": rows}, indent=2))
+    tmp.replace(args.out)
+    if args.doc.is_file():
+        text = args.doc.read_text()
+        start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+        args.doc.write_text(text[:start] + "\n" + markdown(rows, meta) + "\n" + text[end:])
+        print(f"updated {args.doc}")
+
+
+if __name__ == "__main__":
+    main()
