@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mskd.networks.checks import check_input
+
 __all__ = ["ENet"]
 
 
@@ -195,10 +197,7 @@ class ENet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``B, out_channels, H, W`` for images ``B, in_channels, H, W`` (H, W divisible by 8)."""
-        if not torch.jit.is_tracing():
-            h, w = x.shape[-2], x.shape[-1]
-            if h % 8 != 0 or w % 8 != 0:
-                raise ValueError(f"ENet needs H and W divisible by 8, got ({h}, {w})")
+        check_input(x, "ENet", self.in_channels, 8)
         x = self.initial(x)
         x, indices1 = self.down1(x)
         x = self.stage1(x)

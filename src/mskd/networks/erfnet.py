@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mskd.networks.checks import check_input
+
 __all__ = ["ERFNet"]
 
 
@@ -116,10 +118,7 @@ class ERFNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``B, out_channels, H, W`` for images ``B, in_channels, H, W`` (H, W divisible by 8)."""
-        if not torch.jit.is_tracing():
-            h, w = x.shape[-2], x.shape[-1]
-            if h % 8 != 0 or w % 8 != 0:
-                raise ValueError(f"ERFNet needs H and W divisible by 8, got ({h}, {w})")
+        check_input(x, "ERFNet", self.in_channels, 8)
         if x.device.type == "cpu":
             # channels-last activations let oneDNN skip the NCHW <-> blocked reorders around each of the ~80 convs
             x = x.contiguous(memory_format=torch.channels_last)

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mskd.networks.checks import check_input
+
 __all__ = ["ESPNet"]
 
 _BN_EPS = 1e-3
@@ -151,10 +153,7 @@ class ESPNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``B, out_channels, H, W`` for images ``B, in_channels, H, W`` (H, W divisible by 8)."""
-        if not torch.jit.is_tracing():
-            h, w = x.shape[-2], x.shape[-1]
-            if h % 8 != 0 or w % 8 != 0:
-                raise ValueError(f"ESPNet needs H and W divisible by 8, got ({h}, {w})")
+        check_input(x, "ESPNet", self.in_channels, 8)
         if x.device.type == "cpu":
             # channels-last activations: PyTorch runs small NCHW dilated convs at batch 1 (the 28 x 28 level-3 ESP
             # branches at 224 x 224) with a slow native kernel, channels-last ones with oneDNN (about 3x faster)

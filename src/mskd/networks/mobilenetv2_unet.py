@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mskd.networks.checks import check_input
+
 __all__ = ["MobileNetV2UNet", "make_divisible"]
 
 # (expansion t, output channels c, repeats n, first stride s), Sandler et al. 2018, Table 2.
@@ -254,14 +256,7 @@ class MobileNetV2UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Segment ``x`` (``B, in_channels, H, W``, H and W divisible by 32) into logits ``B, out_channels, H, W``."""
-        if not torch.jit.is_tracing():  # shape checks would only add tracer warnings to a trace
-            if x.dim() != 4 or x.shape[1] != self.in_channels:
-                raise ValueError(
-                    f"MobileNetV2UNet expects a B, {self.in_channels}, H, W input, got shape {list(x.shape)}"
-                )
-            h, w = x.shape[2], x.shape[3]
-            if h % 32 != 0 or w % 32 != 0:
-                raise ValueError(f"MobileNetV2UNet needs H and W divisible by 32, got ({h}, {w})")
+        check_input(x, "MobileNetV2UNet", self.in_channels, 32)
         features = self.encoder(x)
         y = features[4]
         for i, block in enumerate(self.decoder):
