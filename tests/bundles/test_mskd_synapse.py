@@ -9,9 +9,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from mskd.data.phantom import generate_phantom_dataset
+from mskd.networks import get_network, load_weights
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "mskd_synapse"
 CONFIGS = BUNDLE / "configs"
@@ -142,3 +144,34 @@ def test_teacher_and_student_are_chosen_by_name(workspace, tmp_path, teacher, st
     )
     assert {"loss_kd", "loss_ffd", "loss_rgd"} <= set(distilled.data.metrics)
     assert (tmp_path / "models" / f"{teacher}-teacher-s0.pt").is_file()
+
+
+def test_model_zoo_checks_verify_net_in_out_and_ckpt_export(trained, tmp_path):
+    root, _ = trained
+    meta = str(CONFIGS / "metadata.json")
+    cmd = [sys.executable, "-m", "monai.bundle"]
+    common = ["--meta_file", meta, "--config_file", str(CONFIGS / "inference.json"), "--bundle_root", str(BUNDLE)]
+    verify = subprocess.run([*cmd, "verify_net_in_out", "network_def", *common], capture_output=True, text=True)
+    assert verify.returncode == 0 and "verified with no error" in verify.stdout + verify.stderr
+    exported = tmp_path / "student.ts"
+    export = subprocess.run(
+        [
+            *cmd,
+            "ckpt_export",
+            "network_def",
+            "--filepath",
+            str(exported),
+            "--ckpt_file",
+            str(root / "models" / "model.pt"),
+        ]
+        + [*common, "--image_size", "32"],
+        capture_output=True,
+        text=True,
+    )
+    assert export.returncode == 0, export.stderr[-3000:]
+
+    eager = load_weights(get_network("tiny_unet"), root / "models" / "model.pt").eval()
+    scripted = torch.jit.load(str(exported))
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), eager(x), rtol=1e-5, atol=1e-5)
