@@ -1,6 +1,10 @@
+from pathlib import Path
+
 import pytest
 
 from mskd.demo import QUICK, format_table, run_demo
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "mskd_synapse"
 
 ORGANS = ["spleen", "right_kidney", "left_kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas"]
 
@@ -15,7 +19,7 @@ def test_format_table_rows_and_percentages():
 @pytest.mark.e2e
 def test_quick_demo_runs_every_stage_and_reads_back_the_table(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    rows = run_demo(tmp_path / "demo", quick=True)
+    rows = run_demo(tmp_path / "demo", bundle=BUNDLE, quick=True)
     assert set(rows) == {"unet-teacher-s0-test", "tiny_unet-baseline-s0-test", "tiny_unet_from_unet-mskd-s0-test"}
     for metrics in rows.values():
         assert 0.0 <= metrics["test_mean_dice"] <= 1.0
