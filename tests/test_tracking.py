@@ -1,7 +1,7 @@
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mskd.tracking import close_stale_runs, run_params, tracking_uri
+from mskd.tracking import close_stale_runs, run_name, run_params, tracking_uri
 
 
 def test_default_store_is_sqlite_in_output_dir(tmp_path, monkeypatch):
@@ -32,3 +32,7 @@ def test_stale_runs_are_closed_not_resumed(tmp_path, monkeypatch):
 
 def test_run_params_are_strings():
     assert run_params(a=1, b=[1, 2], c="x" * 600) == {"a": "1", "b": "[1, 2]", "c": "x" * 500}
+
+
+def test_run_name_says_what_a_run_is():
+    assert run_name("tiny_unet_from_unet", "mskd", 0) == "tiny_unet_from_unet-mskd-s0"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from monai.utils import path_to_sqlite_uri
 
-__all__ = ["tracking_uri", "close_stale_runs", "run_params", "save_executed_config"]
+__all__ = ["close_stale_runs", "run_name", "run_params", "save_executed_config", "tracking_uri"]
 
 
 def tracking_uri(output_dir: str | os.PathLike) -> str:
@@ -22,6 +22,14 @@ def tracking_uri(output_dir: str | os.PathLike) -> str:
         return env
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     return path_to_sqlite_uri(str(Path(output_dir).resolve() / "mlruns.db"))
+
+
+def run_name(model: str, method: str, seed: int) -> str:
+    """``<model>-<method>-s<seed>``: what a run is, used as its MLflow run name and its checkpoint's file stem.
+
+    Example: ``run_name("tiny_unet_from_unet", "mskd", 0) == "tiny_unet_from_unet-mskd-s0"``.
+    """
+    return f"{model}-{method}-s{seed}"
 
 
 def close_stale_runs(uri: str, experiment_name: str, run_name: str) -> int:

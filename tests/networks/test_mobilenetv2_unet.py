@@ -3,12 +3,9 @@ import math
 import pytest
 import torch
 
+from mskd.networks import count_parameters
 from mskd.networks.mobilenetv2_unet import MobileNetV2UNet, make_divisible
 from mskd.networks.taps import FeatureTaps
-
-
-def _n_params(net: torch.nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters())
 
 
 @pytest.mark.parametrize(
@@ -58,11 +55,11 @@ def test_forward_shapes(in_channels, out_channels, shape):
     ],
 )
 def test_parameter_count(kwargs, expected):
-    assert _n_params(MobileNetV2UNet(**kwargs)) == expected
+    assert count_parameters(MobileNetV2UNet(**kwargs)) == expected
 
 
 def test_parameter_count_in_target_range():
-    assert 2_000_000 <= _n_params(MobileNetV2UNet(in_channels=1, out_channels=9)) <= 4_000_000
+    assert 2_000_000 <= count_parameters(MobileNetV2UNet(in_channels=1, out_channels=9)) <= 4_000_000
 
 
 @pytest.mark.parametrize(
@@ -168,7 +165,7 @@ def test_rejects_bad_constructor_args(kwargs, bad):
 def test_custom_decoder_channels():
     net = MobileNetV2UNet(decoder_channels=[96, 32, 24, 16]).eval()
     assert net.decoder_channels == (96, 32, 24, 16)
-    assert _n_params(net) == 1_864_681
+    assert count_parameters(net) == 1_864_681
     assert net.head.in_channels == 16
     with torch.no_grad():
         assert net(torch.rand(1, 1, 64, 64)).shape == (1, 9, 64, 64)

@@ -5,31 +5,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mskd.networks import count_parameters
 from mskd.networks.taps import FeatureTaps
-from mskd.networks.transunet import TransUNet, transunet_small
+from mskd.networks.transunet import SMALL_CONFIG, TransUNet, transunet_small
 
 REFERENCE_PARAMS = 105_277_081  # github.com/Beckschen/TransUNet, R50-ViT-B_16, 224^2, 9 classes, 3 input channels
-SMALL = dict(
-    hidden_size=96,
-    num_layers=2,
-    num_heads=4,
-    mlp_dim=192,
-    resnet_depths=(1, 1, 1),
-    resnet_width=16,
-    decoder_channels=(32, 16, 8, 8),
-)
-
-
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # ----------------------------------------------------------------------------------------------------- full size
 @pytest.mark.parametrize("in_channels, expected", [(3, 105_277_081), (1, 105_270_809)])
 def test_full_size_parameter_counts(in_channels, expected):
     model = TransUNet(in_channels=in_channels, out_channels=9, img_size=224)
-    assert _count(model) == expected
-    assert abs(_count(model) - REFERENCE_PARAMS) <= 0.01 * REFERENCE_PARAMS
+    assert count_parameters(model) == expected
+    assert abs(count_parameters(model) - REFERENCE_PARAMS) <= 0.01 * REFERENCE_PARAMS
 
 
 def test_full_size_forward_224_and_taps():
@@ -46,10 +34,9 @@ def test_full_size_forward_224_and_taps():
 
 
 # ----------------------------------------------------------------------------------------------------- small preset
-def test_small_preset_parameter_count():
-    assert _count(transunet_small()) == 518_177
-    assert _count(TransUNet.small()) == 518_177
-    assert _count(TransUNet(**SMALL, img_size=96)) == 518_177
+def test_small_preset_parametercount_parameters():
+    assert count_parameters(transunet_small()) == 518_177
+    assert count_parameters(TransUNet(**SMALL_CONFIG, img_size=96)) == 518_177
 
 
 @pytest.mark.parametrize(
@@ -108,7 +95,7 @@ def test_input_not_divisible_by_16_raises(shape):
     ],
 )
 def test_bad_constructor_arguments(override, fragment):
-    kwargs = {**SMALL, "img_size": 96, **override}
+    kwargs = {**SMALL_CONFIG, "img_size": 96, **override}
     with pytest.raises(ValueError, match=re.escape(fragment)):
         TransUNet(**kwargs)
 

@@ -68,20 +68,19 @@ class DistillationTrainer(SupervisedTrainer):
             loss_function=loss_function,
             **kwargs,
         )
-        self.student_taps = dict(student_taps or {})
-        self.teacher_taps = dict(teacher_taps or {})
-        if set(self.student_taps) != set(self.teacher_taps):
+        # Built once: the module paths are checked here, not at every iteration; each `with` re-hooks them.
+        self.student_feature_taps = FeatureTaps(network, student_taps)
+        self.teacher_feature_taps = FeatureTaps(teacher, teacher_taps)
+        names = set(self.student_feature_taps.taps)
+        if names != set(self.teacher_feature_taps.taps):
             raise ValueError(
-                f"student and teacher taps must have the same names: student {sorted(self.student_taps)}, "
-                f"teacher {sorted(self.teacher_taps)}"
+                f"student and teacher taps must have the same names: student {sorted(names)}, "
+                f"teacher {sorted(self.teacher_feature_taps.taps)}"
             )
         needed: Sequence[str] = getattr(loss_function, "required_stages", ())
-        missing = sorted(set(needed) - set(self.student_taps))
+        missing = sorted(set(needed) - names)
         if missing:
-            raise ValueError(f"the loss needs stages {missing} but the taps define only {sorted(self.student_taps)}")
-        # Validate the module paths now rather than at the first iteration.
-        FeatureTaps(network, self.student_taps)
-        FeatureTaps(teacher, self.teacher_taps)
+            raise ValueError(f"the loss needs stages {missing} but the taps define only {sorted(names)}")
         self.teacher = teacher.requires_grad_(False).eval()
 
     def _iteration(self, engine: DistillationTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
@@ -95,13 +94,13 @@ class DistillationTrainer(SupervisedTrainer):
         autocast = torch.autocast(engine.state.device.type, **engine.amp_kwargs) if engine.amp else nullcontext()
 
         unwrap_network(engine.teacher).eval()
-        with torch.no_grad(), autocast, FeatureTaps(engine.teacher, engine.teacher_taps) as teacher_taps:
+        with torch.no_grad(), autocast, engine.teacher_feature_taps as teacher_taps:
             teacher_logits = engine.inferer(inputs, engine.teacher, *args, **kwargs)
 
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         with autocast:
-            with FeatureTaps(engine.network, engine.student_taps) as student_taps:
+            with engine.student_feature_taps as student_taps:
                 engine.state.output[Keys.PRED] = engine.inferer(inputs, engine.network, *args, **kwargs)
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             terms = engine.loss_function(

@@ -36,13 +36,14 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TransUNet", "TokensToMap", "transunet_small"]
+__all__ = ["SMALL_CONFIG", "TransUNet", "TokensToMap", "transunet_small"]
 
 logger = logging.getLogger(__name__)
 
@@ -369,11 +370,6 @@ class TransUNet(nn.Module):
         encoded = self.encoder_map(self.encoder_norm(tokens), grid[0], grid[1])
         return self.segmentation_head(self.decoder(encoded, skips))
 
-    @classmethod
-    def small(cls, in_channels: int = 1, out_channels: int = 9, img_size: int | tuple[int, int] = 96) -> TransUNet:
-        """The CPU test preset, see :func:`transunet_small`."""
-        return transunet_small(in_channels, out_channels, img_size)
-
     # ----------------------------------------------------------------------------------------------- pretrained
     def _pretrained_layout(self) -> list[tuple[str, str, Callable[[np.ndarray], np.ndarray]]]:
         """(our parameter name, npz key, converter to our layout) for everything the ViT npz format covers."""
@@ -550,6 +546,18 @@ def _adapt_input_channels(weight: torch.Tensor, target: torch.Tensor) -> tuple[t
     return weight.repeat(1, repeats, 1, 1)[:, :want] * (have / want), True
 
 
+# The CPU preset's architecture arguments (everything but channels, size and dropout).
+SMALL_CONFIG: dict[str, Any] = {
+    "hidden_size": 96,
+    "num_layers": 2,
+    "num_heads": 4,
+    "mlp_dim": 192,
+    "resnet_depths": (1, 1, 1),
+    "resnet_width": 16,
+    "decoder_channels": (32, 16, 8, 8),
+}
+
+
 def transunet_small(
     in_channels: int = 1, out_channels: int = 9, img_size: int | tuple[int, int] = 96, **kwargs: float
 ) -> TransUNet:
@@ -565,16 +573,4 @@ def transunet_small(
     Returns:
         The network.
     """
-    return TransUNet(
-        in_channels=in_channels,
-        out_channels=out_channels,
-        img_size=img_size,
-        hidden_size=96,
-        num_layers=2,
-        num_heads=4,
-        mlp_dim=192,
-        resnet_depths=(1, 1, 1),
-        resnet_width=16,
-        decoder_channels=(32, 16, 8, 8),
-        **kwargs,
-    )
+    return TransUNet(in_channels=in_channels, out_channels=out_channels, img_size=img_size, **SMALL_CONFIG, **kwargs)
