@@ -32,6 +32,8 @@ from monai.utils import look_up_option
 from scipy import ndimage
 from tqdm import tqdm
 
+from .labels import KITS_LABELS, SYNAPSE_LABELS, TASK_LABELS
+
 __all__ = [
     "FOV_XY_MM",
     "FOV_Z_MM",
@@ -44,19 +46,6 @@ __all__ = [
     "phantom_affine",
 ]
 
-SYNAPSE_LABELS: dict[int, str] = {
-    0: "background",
-    1: "spleen",
-    2: "right_kidney",
-    3: "left_kidney",
-    4: "gallbladder",
-    5: "liver",
-    6: "stomach",
-    7: "aorta",
-    8: "pancreas",
-}
-KITS_LABELS: dict[int, str] = {0: "background", 1: "kidney", 2: "tumour"}
-TASK_LABELS: dict[str, dict[int, str]] = {"synapse": SYNAPSE_LABELS, "kits": KITS_LABELS}
 
 FOV_XY_MM = 400.0  # in-plane field of view (x and y), millimetres
 FOV_Z_MM = 240.0  # cranio-caudal extent, millimetres (5 mm slices at 48 slices)
