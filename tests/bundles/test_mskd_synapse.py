@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from tests.data.fixtures import write_btcv, write_dicom_series, write_synapse_npz
 
 from mskd.data.phantom import generate_phantom_dataset
 from mskd.networks import get_network, load_weights
@@ -29,7 +30,7 @@ def _bundle(*files: str, args: list[str], check: bool = True) -> subprocess.Comp
     config = "[" + ",".join(f"'{CONFIGS / f}'" for f in files) + "]"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--bundle_root", str(BUNDLE), *args]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace", env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
@@ -88,7 +89,11 @@ def test_teacher_and_distillation_runs_are_tracked(trained):
 
     test = runs["tiny_unet_from_unet-mskd-s0-test"]
     assert 0.0 <= test.data.metrics["test_mean_dice"] <= 1.0
-    assert {f"test_dice_{o}" for o in ("spleen", "liver", "aorta", "pancreas")} <= set(test.data.metrics)
+    organs = ("spleen", "liver", "aorta", "pancreas")
+    assert {f"test_dice_{o}" for o in organs} | {f"test_hd95_{o}" for o in organs} <= set(test.data.metrics)
+    assert {"test_transunet_mean_dice", "test_transunet_mean_hd95", "test_mean_hd95"} <= set(test.data.metrics)
+    csvs = {"tiny_unet_from_unet-mskd-s0-test_metrics.csv", "tiny_unet_from_unet-mskd-s0-test_metrics_summary.csv"}
+    assert csvs <= {a.path for a in client.list_artifacts(test.info.run_id)}
     assert (root / "models" / "model.pt").is_file()
 
 
@@ -106,6 +111,39 @@ def test_inference_writes_labels_on_the_input_grid(trained, tmp_path):
     assert seg.shape == src.shape
     np.testing.assert_allclose(seg.affine, src.affine, atol=1e-4)
     assert set(np.unique(np.asarray(seg.dataobj))) <= set(range(9))
+
+
+def test_inference_reads_a_dicom_series_and_writes_labels_on_its_grid(trained, tmp_path):
+    import SimpleITK as sitk
+
+    root, _ = trained
+    volume = np.random.default_rng(1).integers(-200, 300, (8, 24, 20)).astype(np.int16)  # (slices, rows, cols)
+    write_dicom_series(tmp_path / "dicom" / "series1", volume, spacing=(0.9, 0.8, 3.0))
+    out = tmp_path / "pred"
+    _bundle(
+        "inference.json",
+        args=[
+            "--input",
+            str(tmp_path / "dicom"),
+            "--output_dir",
+            str(out),
+            "--ckpt_path",
+            str(root / "models" / "model.pt"),
+        ]
+        + ["--image_size", "32"],
+    )
+    [seg_path] = list(out.glob("*.nii.gz"))
+    assert seg_path.name == "series1_seg.nii.gz"
+    seg = nib.load(seg_path)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path / "dicom" / "series1")))
+    series = reader.Execute()
+    # SimpleITK's LPS geometry as a RAS affine: the grid the labels must lie on
+    lps = np.eye(4)
+    lps[:3, :3] = np.array(series.GetDirection()).reshape(3, 3) @ np.diag(series.GetSpacing())
+    lps[:3, 3] = series.GetOrigin()
+    assert seg.shape == series.GetSize()  # (columns, rows, slices)
+    np.testing.assert_allclose(seg.affine, np.diag([-1, -1, 1, 1]) @ lps, atol=1e-4)
 
 
 def test_distill_without_teacher_checkpoint_fails_clearly(workspace, tmp_path):
@@ -175,3 +213,20 @@ def test_model_zoo_checks_verify_net_in_out_and_ckpt_export(trained, tmp_path):
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), eager(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("data_format", ["synapse_npz", "btcv"])
+def test_one_override_switches_the_dataset_format(data_format, tmp_path):
+    data = tmp_path / "data"
+    if data_format == "synapse_npz":  # TransUNet's files: slices to train on, h5 volumes to test on
+        write_synapse_npz(data, train_cases={"0005": 6, "0006": 6}, test_cases={"0001": 6}, size=32)
+    else:  # raw BTCV, 13 labels; case 0001 is in the standard test split
+        write_btcv(data, cases=(1, 5, 6), shape=(24, 24, 6))
+    args = ["--dataset_dir", str(data), "--data_format", data_format, *TINY, *CPU_NETWORKS, *_dirs(tmp_path)]
+    _bundle("train_teacher.json", args=args)
+    _bundle("train_teacher.json", "evaluate.json", args=args)
+    _, runs = _runs(tmp_path)
+    assert runs["unet-teacher-s0"].data.params["data_format"] == data_format
+    assert runs["unet-teacher-s0-test"].info.status == "FINISHED"
+    rows = (tmp_path / "output" / "unet-teacher-s0-test_metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 8 and all(r.startswith("case0001,") for r in rows[1:])  # 8 organs of the test case

@@ -1,0 +1,119 @@
+"""Format-aware loading and protocol helpers for the dictionary-transform pipelines of the bundles.
+
+Every on-disk format ends up the same way after :class:`LoadCased`: channel-first volumes ``(1, H, W, D)`` in RAS
+orientation with the axial (slice) axis last and labels in the task's label set. The rest of a pipeline (resampling,
+CT window, slice sampling, augmentation, resize) is written out in the bundle configs with MONAI transforms, so a
+reader of ``train_teacher.json`` sees the whole protocol.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from monai.data import CacheDataset, PersistentDataset, PydicomReader
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, MapLabelValued, Orientationd
+from monai.utils import ensure_tuple, look_up_option
+
+from .datalist import DATA_FORMATS
+from .labels import BTCV_TO_SYNAPSE, HU_WINDOWS
+from .readers import H5VolumeReader, NpzSliceStackReader
+
+__all__ = ["LoadCased", "cached_dataset", "intensity_window"]
+
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # MONAI's default labels, spelled out: RAS means +x is Right
+
+
+class LoadCased(Compose):
+    """Load one case of any supported format as channel-first RAS volumes ``(1, H, W, D)``, slice axis last.
+
+    Steps: read (the right reader for the format), add the channel axis, reorient to RAS (KiTS19 volumes are
+    stored slice-first; their affine puts the axial axis last after this), and for raw BTCV remap the 13 BTCV label
+    ids to the 8 Synapse organs (:data:`mskd.data.labels.BTCV_TO_SYNAPSE`; the other five organs become background).
+    It is a :class:`monai.transforms.Compose`, so ``Invertd`` can undo the reorientation of a prediction.
+
+    Args:
+        keys: the keys to load (e.g. ``["image", "label"]``, or ``["image"]`` for inference).
+        data_format: one of :data:`DATA_FORMATS`.
+        label_key: the key holding the label map (remapped for ``"btcv"``; ignored when not in ``keys``).
+
+    Raises:
+        ValueError: for an unknown ``data_format``.
+    """
+
+    def __init__(self, keys: str | Sequence[str], data_format: str = "msd", label_key: str = "label") -> None:
+        data_format = look_up_option(data_format, DATA_FORMATS)
+        keys = list(ensure_tuple(keys))
+        if data_format == "synapse_npz":
+            # The same files hold both arrays, so each key gets readers that pick its own array.
+            loaders = [
+                LoadImaged(key, reader=[NpzSliceStackReader(key=key), H5VolumeReader(key=key)], image_only=True)
+                for key in keys
+            ]
+        elif data_format == "dicom":
+            # fname_regex=None: only files that are DICOM are read (no warning per stray file in the folder)
+            loaders = [LoadImaged(keys, reader=PydicomReader(fname_regex=None), image_only=True)]
+        else:
+            loaders = [LoadImaged(keys, image_only=True)]
+        # allow_missing_keys: Invertd undoes the reorientation one key at a time (loading still requires every key)
+        orient = Orientationd(keys, axcodes="RAS", labels=RAS_LABELS, allow_missing_keys=True)
+        transforms = [*loaders, EnsureChannelFirstd(keys), orient]
+        if data_format == "btcv" and label_key in keys:
+            transforms.append(
+                MapLabelValued(label_key, list(BTCV_TO_SYNAPSE), list(BTCV_TO_SYNAPSE.values()), dtype="uint8")
+            )
+        super().__init__(transforms)
+        self.data_format = data_format
+
+
+def intensity_window(data_format: str, task: str = "synapse") -> list[float]:
+    """The intensity window that the protocol maps to ``[0, 1]``.
+
+    Args:
+        data_format: one of :data:`DATA_FORMATS`.
+        task: ``"synapse"`` ([-125, 275] HU) or ``"kits"`` ([-200, 300] HU).
+
+    Returns:
+        ``[low, high]`` in HU; ``[0, 1]`` (the identity) for ``"synapse_npz"``, whose files hold images already
+        windowed by TransUNet's preprocessing.
+
+    Raises:
+        ValueError: for an unknown format or task.
+    """
+    data_format = look_up_option(data_format, DATA_FORMATS)
+    window = look_up_option(task, HU_WINDOWS)
+    return [0.0, 1.0] if data_format == "synapse_npz" else list(window)
+
+
+def cached_dataset(
+    data: Sequence[dict],
+    transform: Compose,
+    cache: str = "memory",
+    cache_dir: str | os.PathLike | None = None,
+    num_workers: int = 0,
+) -> CacheDataset | PersistentDataset:
+    """A dataset that runs the deterministic head of ``transform`` once per case and caches it.
+
+    The random tail (slice sampling, augmentation) runs on every access, so each volume is read and preprocessed
+    once, not once per slice.
+
+    Args:
+        data: the datalist.
+        transform: the full pipeline.
+        cache: ``"memory"`` (:class:`monai.data.CacheDataset`, fastest, needs the preprocessed volumes to fit in
+            RAM) or ``"disk"`` (:class:`monai.data.PersistentDataset`, survives restarts, needs ``cache_dir``).
+        cache_dir: folder of the disk cache.
+        num_workers: threads used to fill the memory cache.
+
+    Returns:
+        the dataset.
+
+    Raises:
+        ValueError: for an unknown ``cache`` or a disk cache without ``cache_dir``.
+    """
+    cache = look_up_option(cache, ("memory", "disk"))
+    if cache == "memory":
+        return CacheDataset(data, transform, cache_rate=1.0, num_workers=num_workers, progress=False)
+    if cache_dir is None:
+        raise ValueError("cache='disk' needs cache_dir (a folder for the preprocessed volumes)")
+    return PersistentDataset(data, transform, cache_dir=cache_dir)
