@@ -10,7 +10,9 @@ MLFLOW_PORT ?= 5000
 export MALLOC_MMAP_THRESHOLD_ := 17179869184
 export MALLOC_TRIM_THRESHOLD_ := 17179869184
 
-.PHONY: install demo test lint bench mlflow-ui clean
+REAL_CT ?= ../shared/data/real/totalsegmentator/ct_3mm
+
+.PHONY: install demo test lint bench figures mlflow-ui clean
 
 install: $(STAMP)
 
@@ -36,6 +38,11 @@ lint: install
 # Performance benchmarks (not run by CI): results go to docs/.
 bench: install
 	$(BIN)/python benchmarks/networks.py
+
+# Figures in docs/ that are generated from code and data (the real CT sample lives outside the repository).
+figures: install
+	$(BIN)/python -m mskd.visualize phantom-vs-real --out docs/figures/phantom_vs_real.png \
+		--real-image $(REAL_CT)/example_ct.nii.gz --real-label $(REAL_CT)/example_ct_seg_btcv13.nii.gz
 
 mlflow-ui: install
 	$(BIN)/mlflow server --backend-store-uri sqlite:///$(abspath $(DEMO_DIR))/output/mlruns.db \

@@ -19,6 +19,7 @@ def _phantom(args: argparse.Namespace) -> None:
         seed=args.seed,
         size=tuple(args.size),
         difficulty=args.difficulty,
+        fov_jitter=args.fov_jitter,
         test_cases=args.test_cases,
         progress=True,
     )
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--seed", type=int, default=0)
     phantom.add_argument("--size", type=int, nargs=3, default=[96, 96, 48], metavar=("X", "Y", "Z"))
     phantom.add_argument("--difficulty", type=float, default=1.0, help="noise, deformation and intensity overlap")
+    phantom.add_argument(
+        "--fov-jitter", type=float, default=0.15, help="per-case field of view varies by up to this fraction"
+    )
     phantom.set_defaults(func=_phantom)
 
     demo = commands.add_parser(
