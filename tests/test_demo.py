@@ -10,10 +10,11 @@ ORGANS = ["spleen", "right_kidney", "left_kidney", "gallbladder", "liver", "stom
 
 
 def test_format_table_rows_and_percentages():
-    metrics = {"network_params": 53492.0, "test_mean_dice": 0.5, **{f"test_dice_{o}": 0.25 for o in ORGANS}}
+    metrics = {"network_params": 53492.0, "test_mean_dice": 0.5, "test_mean_hd95": 12.345}
+    metrics |= {f"test_dice_{o}": 0.25 for o in ORGANS}
     table = format_table({"run-a": metrics}, ORGANS).splitlines()
-    assert table[0].startswith("| model | params | mean Dice | spleen |")
-    assert table[2] == "| run-a | 53,492 | 50.0 | " + " | ".join(["25.0"] * 8) + " |"
+    assert table[0].startswith("| model | params | mean HD95 (mm) | mean Dice | spleen |")
+    assert table[2] == "| run-a | 53,492 | 12.3 | 50.0 | " + " | ".join(["25.0"] * 8) + " |"
 
 
 @pytest.mark.e2e
@@ -23,7 +24,7 @@ def test_quick_demo_runs_every_stage_and_reads_back_the_table(tmp_path, monkeypa
     assert set(rows) == {"unet-teacher-s0-test", "tiny_unet-baseline-s0-test", "tiny_unet_from_unet-mskd-s0-test"}
     for metrics in rows.values():
         assert 0.0 <= metrics["test_mean_dice"] <= 1.0
-        assert all(f"test_dice_{o}" in metrics for o in ORGANS)
+        assert all(f"test_dice_{o}" in metrics and f"test_hd95_{o}" in metrics for o in ORGANS)
     assert rows["unet-teacher-s0-test"]["network_params"] > rows["tiny_unet-baseline-s0-test"]["network_params"]
     report = (tmp_path / "demo" / "results.md").read_text()
     assert "tiny_unet_from_unet-mskd-s0-test" in report and "total:" in report

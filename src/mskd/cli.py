@@ -32,6 +32,31 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.workdir, bundle=args.bundle, quick=args.quick)
 
 
+def _predict(args: argparse.Namespace) -> None:
+    from mskd.predict import predict
+
+    written = predict(args.bundle, args.input, args.output, args.checkpoint, args.student, args.image_size)
+    for path in written:
+        print(f"wrote {path}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from mskd.export import bundle_export
+
+    report = bundle_export(args.bundle, args.checkpoint, args.out, args.format, args.student, args.image_size)
+    print(
+        f"wrote {report['path']} ({report['format']}, {report['size_bytes'] / 1e6:.1f} MB); "
+        f"max |export - eager| = {report['max_abs_diff']:.2e} <= {report['tolerance']:.0e}"
+    )
+
+
+def _add_student_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bundle", default="bundles/mskd_synapse", help="bundle folder")
+    parser.add_argument("--checkpoint", default=None, help="student weights (default: BUNDLE/models/model.pt)")
+    parser.add_argument("--student", default=None, help="student network name, if not the bundle's default")
+    parser.add_argument("--image-size", type=int, default=None, help="in-plane size the student was trained at")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``mskd`` (one sub-command per use case)."""
     parser = argparse.ArgumentParser(prog="mskd", description=__doc__)
@@ -63,6 +88,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--bundle", default="bundles/mskd_synapse", help="bundle folder")
     demo.add_argument("--quick", action="store_true", help="tiny sizes and one epoch (a smoke test, not results)")
     demo.set_defaults(func=_demo)
+
+    predict = commands.add_parser(
+        "predict",
+        help="segment NIfTI files or DICOM series with a bundle's student (labels on the input's grid)",
+        epilog="example: mskd predict --bundle bundles/mskd_synapse --input CT.nii.gz --output predictions",
+    )
+    predict.add_argument("--input", required=True, help="a NIfTI file, a folder of them, or DICOM series folder(s)")
+    predict.add_argument("--output", required=True, help="folder for the <name>_seg.nii.gz label maps")
+    _add_student_args(predict)
+    predict.set_defaults(func=_predict)
+
+    export = commands.add_parser(
+        "export",
+        help="export a bundle's student to ONNX or TorchScript, checked against the eager network",
+        epilog="example: mskd export --format onnx --bundle bundles/mskd_synapse --out student.onnx",
+    )
+    export.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    export.add_argument("--out", default=None, help="output file (default: BUNDLE/models/model.onnx or model.ts)")
+    _add_student_args(export)
+    export.set_defaults(func=_export)
     return parser
 
 
@@ -71,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
         print(f"mskd {args.command}: error: {e}", file=sys.stderr)
         return 1
     return 0

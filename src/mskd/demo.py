@@ -74,11 +74,12 @@ def _run_bundle(bundle: Path, files: list[str], **overrides: object) -> None:
 
 
 def format_table(rows: dict[str, dict[str, float]], organs: list[str]) -> str:
-    """Markdown table: one row per model with mean and per-organ test Dice (in %)."""
-    header = ["model", "params", "mean Dice", *organs]
+    """Markdown table: one row per model with mean HD95 (mm) and mean and per-organ test Dice (in %)."""
+    header = ["model", "params", "mean HD95 (mm)", "mean Dice", *organs]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, m in rows.items():
-        cells = [name, f"{int(m['network_params']):,}", f"{100 * m['test_mean_dice']:.1f}"]
+        cells = [name, f"{int(m['network_params']):,}", f"{m['test_mean_hd95']:.1f}"]
+        cells += [f"{100 * m['test_mean_dice']:.1f}"]
         cells += [f"{100 * m[f'test_dice_{o}']:.1f}" for o in organs]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -125,7 +126,8 @@ def run_demo(
     Raises:
         FileNotFoundError: when ``bundle`` is not a bundle folder.
     """
-    from mskd.data.phantom import SYNAPSE_LABELS, generate_phantom_dataset
+    from mskd.data import organ_names
+    from mskd.data.phantom import generate_phantom_dataset
     from mskd.tracking import tracking_uri
 
     settings = QUICK if quick else DEMO
@@ -171,12 +173,12 @@ def run_demo(
         _run_bundle(bundle, [*files, "evaluate.json"], **common)
         timings[f"evaluate {label}"] = time.perf_counter() - t0
 
-    organs = [SYNAPSE_LABELS[k] for k in sorted(SYNAPSE_LABELS) if k > 0]
+    organs = organ_names("synapse")
     rows = _test_metrics(tracking_uri(workdir / "output"))
     table = format_table(rows, organs)
     total = time.perf_counter() - started
     report = (
-        f"## mskd demo: test Dice (%) on {settings.test_cases} held-out phantom volumes\n\n{table}\n\n"
+        f"## mskd demo: test Dice (%) and HD95 (mm) on {settings.test_cases} held-out phantom volumes\n\n{table}\n\n"
         + "\n".join(f"- {k}: {v:.0f} s" for k, v in timings.items())
         + f"\n- total: {total / 60:.1f} min\n\nMLflow store: {tracking_uri(workdir / 'output')} (`make mlflow-ui`)\n"
     )

@@ -1,43 +1,21 @@
 """End-to-end: the bundle's commands exactly as a user types them, on a tiny phantom, then the MLflow store."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
-from tests.data.fixtures import write_btcv, write_dicom_series, write_synapse_npz
 
 from mskd.data.phantom import generate_phantom_dataset
 from mskd.networks import get_network, load_weights
+from tests.bundles.runner import BUNDLES, CPU_NETWORKS, SCHEMA, TINY, mlflow_runs, output_dirs, run_bundle, run_module
+from tests.data.fixtures import write_btcv, write_dicom_series, write_synapse_npz
 
-BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "mskd_synapse"
+BUNDLE = BUNDLES / "mskd_synapse"
 CONFIGS = BUNDLE / "configs"
-SCHEMA = Path(__file__).resolve().parent / "meta_schema_20220324.json"
-CPU_NETWORKS = ["--teacher", "unet", "--student", "tiny_unet"]  # the bundle's default teacher is paper-scale
-TINY = ["--image_size", "32", "--max_epochs", "1", "--val_interval", "1", "--batch_size", "2"]
-TINY += ["--slices_per_volume", "2", "--num_val_cases", "1", "--val_slice_batch", "8", "--log_every", "1"]
-
 pytestmark = pytest.mark.e2e
-
-
-def _bundle(*files: str, args: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    config = "[" + ",".join(f"'{CONFIGS / f}'" for f in files) + "]"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--bundle_root", str(BUNDLE), *args]
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace", env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-def _dirs(root: Path) -> list[str]:
-    return ["--output_dir", str(root / "output"), "--ckpt_dir", str(root / "models")]
 
 
 @pytest.fixture(scope="module")
@@ -51,22 +29,16 @@ def workspace(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(workspace):
     root, common = workspace
-    args = [*common, *CPU_NETWORKS, *_dirs(root)]
-    _bundle("train_teacher.json", args=args)
-    _bundle("train_teacher.json", "distill.json", args=args)
-    _bundle("train_teacher.json", "distill.json", "evaluate.json", args=args)
+    args = [*common, *CPU_NETWORKS, *output_dirs(root)]
+    run_bundle(BUNDLE, "train_teacher.json", args=args)
+    run_bundle(BUNDLE, "train_teacher.json", "distill.json", args=args)
+    run_bundle(BUNDLE, "train_teacher.json", "distill.json", "evaluate.json", args=args)
     return root, args
-
-
-def _runs(root: Path) -> dict:
-    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'output' / 'mlruns.db'}")
-    experiment = client.get_experiment_by_name("mskd_synapse")
-    return client, {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
 
 
 def test_teacher_and_distillation_runs_are_tracked(trained):
     root, _ = trained
-    client, runs = _runs(root)
+    client, runs = mlflow_runs(root, "mskd_synapse")
     assert {"unet-teacher-s0", "tiny_unet_from_unet-mskd-s0", "tiny_unet_from_unet-mskd-s0-test"} <= set(runs)
     assert all(r.info.status == "FINISHED" for r in runs.values())
 
@@ -101,7 +73,8 @@ def test_inference_writes_labels_on_the_input_grid(trained, tmp_path):
     root, _ = trained
     dataset = json.loads((root / "data" / "dataset.json").read_text())
     image = root / "data" / dataset["test"][0]["image"]
-    _bundle(
+    run_bundle(
+        BUNDLE,
         "inference.json",
         args=["--input", str(image), "--output_dir", str(tmp_path), "--ckpt_path", str(root / "models" / "model.pt")]
         + ["--image_size", "32"],
@@ -120,7 +93,8 @@ def test_inference_reads_a_dicom_series_and_writes_labels_on_its_grid(trained, t
     volume = np.random.default_rng(1).integers(-200, 300, (8, 24, 20)).astype(np.int16)  # (slices, rows, cols)
     write_dicom_series(tmp_path / "dicom" / "series1", volume, spacing=(0.9, 0.8, 3.0))
     out = tmp_path / "pred"
-    _bundle(
+    run_bundle(
+        BUNDLE,
         "inference.json",
         args=[
             "--input",
@@ -148,7 +122,9 @@ def test_inference_reads_a_dicom_series_and_writes_labels_on_its_grid(trained, t
 
 def test_distill_without_teacher_checkpoint_fails_clearly(workspace, tmp_path):
     _, common = workspace
-    proc = _bundle("train_teacher.json", "distill.json", args=[*common, *CPU_NETWORKS, *_dirs(tmp_path)], check=False)
+    proc = run_bundle(
+        BUNDLE, "train_teacher.json", "distill.json", args=[*common, *CPU_NETWORKS, *output_dirs(tmp_path)], check=False
+    )
     assert proc.returncode != 0
     assert "teacher checkpoint not found" in proc.stderr and "Train the teacher first" in proc.stderr
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
@@ -171,10 +147,10 @@ def test_inference_network_is_the_trained_student():
 @pytest.mark.parametrize("teacher, student", [("transunet_small", "enet")])
 def test_teacher_and_student_are_chosen_by_name(workspace, tmp_path, teacher, student):
     _, common = workspace
-    args = [*common, *_dirs(tmp_path), "--teacher", teacher, "--student", student]
-    _bundle("train_teacher.json", args=args)
-    _bundle("train_teacher.json", "distill.json", args=args)
-    _, runs = _runs(tmp_path)
+    args = [*common, *output_dirs(tmp_path), "--teacher", teacher, "--student", student]
+    run_bundle(BUNDLE, "train_teacher.json", args=args)
+    run_bundle(BUNDLE, "train_teacher.json", "distill.json", args=args)
+    _, runs = mlflow_runs(tmp_path, "mskd_synapse")
     distilled = runs[f"{student}_from_{teacher}-mskd-s0"]
     assert distilled.info.status == "FINISHED"
     assert (
@@ -186,27 +162,14 @@ def test_teacher_and_student_are_chosen_by_name(workspace, tmp_path, teacher, st
 
 def test_model_zoo_checks_verify_net_in_out_and_ckpt_export(trained, tmp_path):
     root, _ = trained
-    meta = str(CONFIGS / "metadata.json")
-    cmd = [sys.executable, "-m", "monai.bundle"]
-    common = ["--meta_file", meta, "--config_file", str(CONFIGS / "inference.json"), "--bundle_root", str(BUNDLE)]
-    verify = subprocess.run([*cmd, "verify_net_in_out", "network_def", *common], capture_output=True, text=True)
-    assert verify.returncode == 0 and "verified with no error" in verify.stdout + verify.stderr
+    meta, inference = str(CONFIGS / "metadata.json"), str(CONFIGS / "inference.json")
+    common = ["--meta_file", meta, "--config_file", inference, "--bundle_root", str(BUNDLE)]
+    assert "verified with no error" in run_module("verify_net_in_out", "network_def", *common)
     exported = tmp_path / "student.ts"
-    export = subprocess.run(
-        [
-            *cmd,
-            "ckpt_export",
-            "network_def",
-            "--filepath",
-            str(exported),
-            "--ckpt_file",
-            str(root / "models" / "model.pt"),
-        ]
-        + [*common, "--image_size", "32"],
-        capture_output=True,
-        text=True,
+    ckpt = str(root / "models" / "model.pt")
+    run_module(
+        "ckpt_export", "network_def", "--filepath", str(exported), "--ckpt_file", ckpt, *common, "--image_size", "32"
     )
-    assert export.returncode == 0, export.stderr[-3000:]
 
     eager = load_weights(get_network("tiny_unet"), root / "models" / "model.pt").eval()
     scripted = torch.jit.load(str(exported))
@@ -222,11 +185,37 @@ def test_one_override_switches_the_dataset_format(data_format, tmp_path):
         write_synapse_npz(data, train_cases={"0005": 6, "0006": 6}, test_cases={"0001": 6}, size=32)
     else:  # raw BTCV, 13 labels; case 0001 is in the standard test split
         write_btcv(data, cases=(1, 5, 6), shape=(24, 24, 6))
-    args = ["--dataset_dir", str(data), "--data_format", data_format, *TINY, *CPU_NETWORKS, *_dirs(tmp_path)]
-    _bundle("train_teacher.json", args=args)
-    _bundle("train_teacher.json", "evaluate.json", args=args)
-    _, runs = _runs(tmp_path)
+    args = ["--dataset_dir", str(data), "--data_format", data_format, *TINY, *CPU_NETWORKS, *output_dirs(tmp_path)]
+    run_bundle(BUNDLE, "train_teacher.json", args=args)
+    run_bundle(BUNDLE, "train_teacher.json", "evaluate.json", args=args)
+    _, runs = mlflow_runs(tmp_path, "mskd_synapse")
     assert runs["unet-teacher-s0"].data.params["data_format"] == data_format
     assert runs["unet-teacher-s0-test"].info.status == "FINISHED"
     rows = (tmp_path / "output" / "unet-teacher-s0-test_metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 8 and all(r.startswith("case0001,") for r in rows[1:])  # 8 organs of the test case
+
+
+def test_cli_predict_and_export_wrap_the_bundle(trained, tmp_path, capsys):
+    from mskd.cli import main
+
+    root, _ = trained
+    model = str(root / "models" / "model.pt")
+    dataset = json.loads((root / "data" / "dataset.json").read_text())
+    image = root / "data" / dataset["test"][0]["image"]
+    argv = ["--bundle", str(BUNDLE), "--checkpoint", model, "--image-size", "32"]
+    assert main(["predict", "--input", str(image), "--output", str(tmp_path / "pred"), *argv]) == 0
+    [written] = list((tmp_path / "pred").glob("*_seg.nii.gz"))
+    assert f"wrote {written}" in capsys.readouterr().out
+    assert nib.load(written).shape == nib.load(image).shape
+    assert main(["export", "--format", "onnx", "--out", str(tmp_path / "student.onnx"), *argv]) == 0
+    assert "max |export - eager|" in capsys.readouterr().out and (tmp_path / "student.onnx").is_file()
+
+
+def test_cli_predict_refuses_a_missing_checkpoint_in_one_line(tmp_path, capsys):
+    from mskd.cli import main
+
+    argv = ["predict", "--bundle", str(BUNDLE), "--input", str(tmp_path), "--output", str(tmp_path / "out")]
+    assert main([*argv, "--checkpoint", str(tmp_path / "none.pt")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mskd predict: error: student checkpoint not found") and "\n" not in err
+    assert not (tmp_path / "out").exists()

@@ -4,7 +4,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
-from tests.data.fixtures import write_btcv, write_dicom_series, write_kits19, write_synapse_npz
 
 from mskd.data.datalist import (
     SYNAPSE_TEST_CASES,
@@ -18,6 +17,7 @@ from mskd.data.datalist import (
     split_cases,
     synapse_npz_datalist,
 )
+from tests.data.fixtures import write_btcv, write_dicom_series, write_kits19, write_synapse_npz
 
 
 def _dataset(tmp_path, content):

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 from monai.data import list_data_collate
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
-from tests.data.fixtures import write_synapse_npz
 
 from mskd.data.datalist import synapse_npz_datalist
 from mskd.data.readers import H5VolumeReader, NpzSliceStackReader
+from tests.data.fixtures import write_synapse_npz
 
 
 def _load(reader_cls):

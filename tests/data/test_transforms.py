@@ -9,9 +9,9 @@ import SimpleITK as sitk
 import torch
 from monai.bundle import ConfigParser
 from monai.data import CacheDataset, PersistentDataset
-from tests.data.fixtures import write_btcv, write_dicom_series, write_kits19, write_synapse_npz
 
 from mskd.data import BTCV_TO_SYNAPSE, LoadCased, cached_dataset, get_datalist, intensity_window
+from tests.data.fixtures import write_btcv, write_dicom_series, write_kits19, write_synapse_npz
 
 CONFIGS = Path(__file__).resolve().parents[2] / "bundles" / "mskd_synapse" / "configs"
 LUT = np.array([BTCV_TO_SYNAPSE[k] for k in range(14)], dtype=np.uint8)

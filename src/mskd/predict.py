@@ -1,0 +1,72 @@
+"""`mskd predict`: segment CT volumes with a bundle's student, through the bundle's own ``inference.json``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mskd.data.datalist import get_datalist, input_format
+
+__all__ = ["predict"]
+
+
+def predict(
+    bundle: str | os.PathLike,
+    input: str | os.PathLike,
+    output: str | os.PathLike,
+    checkpoint: str | os.PathLike | None = None,
+    student: str | None = None,
+    image_size: int | None = None,
+) -> list[Path]:
+    """Segment every input volume and write one NIfTI label map per input onto the input's grid.
+
+    The bundle stays the single source of truth: this runs its ``configs/inference.json`` with ``input``,
+    ``output_dir`` and (when given) ``ckpt_path``, ``student`` and ``image_size`` overridden.
+
+    Args:
+        bundle: the bundle folder (e.g. ``bundles/mskd_synapse``).
+        input: a NIfTI file, a folder of NIfTI files, a DICOM series folder or a folder of series folders.
+        output: folder for the label maps (``<input name>_seg.nii.gz``); created if needed.
+        checkpoint: the student's weights; default the bundle's ``models/model.pt``.
+        student: the student's registry name, when it is not the bundle's default.
+        image_size: the in-plane size the student was trained at, when not the bundle's default.
+
+    Returns:
+        the label maps written, one per input, in input order.
+
+    Raises:
+        FileNotFoundError: when the bundle, the input or the checkpoint does not exist.
+        ValueError: when the input is a file that is not NIfTI, or a folder holds several DICOM series.
+    """
+    from monai.bundle import run
+
+    bundle = Path(bundle)
+    config = bundle / "configs" / "inference.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{bundle} is not a bundle (no configs/inference.json); pass --bundle")
+    checkpoint = Path(checkpoint) if checkpoint is not None else bundle / "models" / "model.pt"
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"student checkpoint not found: {checkpoint} (pass --checkpoint, or distil first)")
+    cases = get_datalist(input_format(input), input)  # refuses a bad input before any model is built
+    overrides = {"input": str(input), "output_dir": str(output), "ckpt_path": str(checkpoint)}
+    if student is not None:
+        overrides["student"] = student
+    if image_size is not None:
+        overrides["image_size"] = image_size
+    run(
+        config_file=str(config),
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=str(bundle / "configs" / "logging.conf"),
+        bundle_root=str(bundle),
+        **overrides,
+    )
+    return [Path(output) / f"{_stem(case['image'])}_seg.nii.gz" for case in cases]
+
+
+def _stem(path: str) -> str:
+    """The name SaveImaged gives a prediction: the input's base name without its NIfTI extension."""
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
