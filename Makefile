@@ -38,6 +38,7 @@ lint: install
 # Performance benchmarks (not run by CI): results go to docs/.
 bench: install
 	$(BIN)/python benchmarks/networks.py
+	$(BIN)/python benchmarks/export.py
 
 # Figures in docs/ that are generated from code and data (the real CT sample lives outside the repository).
 figures: install

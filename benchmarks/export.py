@@ -15,16 +15,13 @@ median per runtime. Parity: max |Δ| of the logits against eager on one random b
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import statistics
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
+import common  # benchmarks/common.py (the scripts run from this folder)
 import onnxruntime as ort
 import torch
 from monai.networks.utils import convert_to_torchscript
@@ -32,7 +29,6 @@ from monai.networks.utils import convert_to_torchscript
 from mskd.export import check_onnx_parity, check_torchscript_parity, export_onnx
 from mskd.networks import count_parameters, get_network
 
-ROOT = Path(__file__).resolve().parents[1]
 NETWORKS = ["tiny_unet", "enet", "erfnet", "espnet", "mobilenetv2_unet", "transunet_small", "unet", "transunet"]
 BEGIN, END = "<!-- export-table:begin -->", "<!-- export-table:end -->"
 
@@ -138,26 +134,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--networks", nargs="*", default=NETWORKS)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "export.json")
-    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "export.md")
-    args = parser.parse_args()
+    args = common.parser(__doc__.splitlines()[0], NETWORKS, "export", "docs/export.md", repeats=20).parse_args()
 
-    meta = {
-        "machine": f"{platform.machine()} {platform.processor() or ''} ({os.cpu_count()} cores)".replace("  ", " "),
-        "threads": args.threads,
-        "torch": torch.__version__,
-        "onnxruntime": ort.__version__,
-        "size": args.size,
-        "warmup": args.warmup,
-        "repeats": args.repeats,
-        "load_average_at_start": os.getloadavg()[0],
-    }
+    meta = common.machine(args, onnxruntime=ort.__version__)
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.networks:
@@ -169,16 +148,7 @@ def main() -> None:
                 f"|Δ| ONNX {row['max_abs_diff']['onnx']:.1e} TS {row['max_abs_diff']['torchscript']:.1e}",
                 flush=True,
             )
-    meta["load_average_at_end"] = os.getloadavg()[0]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"meta": meta, "networks": rows}, indent=2))
-    tmp.replace(args.out)
-    if args.doc.is_file():
-        text = args.doc.read_text()
-        start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-        args.doc.write_text(text[:start] + "\n" + markdown(rows, meta) + "\n" + text[end:])
-        print(f"updated {args.doc}")
+    common.record(args, meta, rows, markdown, (BEGIN, END))
 
 
 if __name__ == "__main__":

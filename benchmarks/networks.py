@@ -11,20 +11,15 @@ convolutions, matrix products and attention only, as that counter does).
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import statistics
 import time
-from pathlib import Path
 
+import common  # benchmarks/common.py (the scripts run from this folder)
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mskd.networks import count_parameters, get_network, tap_points
 
-ROOT = Path(__file__).resolve().parents[1]
 NETWORKS = ["transunet", "transunet_small", "unet", "enet", "erfnet", "espnet", "mobilenetv2_unet", "tiny_unet"]
 # Published parameter counts, and what the reference implementations measured on this kind of machine gave
 # (DESIGN §4: 2 threads, batch 1, 224²).
@@ -86,24 +81,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--networks", nargs="*", default=NETWORKS)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "networks.json")
-    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "networks.md")
-    args = parser.parse_args()
+    args = common.parser(__doc__.splitlines()[0], NETWORKS, "networks", "docs/networks.md", repeats=10).parse_args()
 
-    meta = {
-        "machine": f"{platform.machine()} {platform.processor() or ''} ({os.cpu_count()} cores)".replace("  ", " "),
-        "threads": args.threads,
-        "torch": torch.__version__,
-        "size": args.size,
-        "warmup": args.warmup,
-        "repeats": args.repeats,
-    }
+    meta = common.machine(args)
     rows = []
     for name in args.networks:
         rows.append(measure(name, args.size, args.threads, args.warmup, args.repeats))
@@ -111,15 +91,7 @@ def main() -> None:
             f"{name:18s} {rows[-1]['params']:>12,} params {rows[-1]['gflops']:8.2f} GFLOPs "
             f"{rows[-1]['latency_ms']:8.1f} ms"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"meta": meta, "networks": rows}, indent=2))
-    tmp.replace(args.out)
-    if args.doc.is_file():
-        text = args.doc.read_text()
-        start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-        args.doc.write_text(text[:start] + "\n" + markdown(rows, meta) + "\n" + text[end:])
-        print(f"updated {args.doc}")
+    common.record(args, meta, rows, markdown, (BEGIN, END))
 
 
 if __name__ == "__main__":
