@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 MLFLOW_PORT ?= 5000
+MLFLOW_STORE ?= $(DEMO_DIR)/output/mlruns.db
 
 # glibc malloc tuning: up to ~2.8x faster CPU training (DESIGN §7).
 export MALLOC_MMAP_THRESHOLD_ := 17179869184
@@ -12,7 +13,7 @@ export MALLOC_TRIM_THRESHOLD_ := 17179869184
 
 REAL_CT ?= ../shared/data/real/totalsegmentator/ct_3mm
 
-.PHONY: install demo test lint bench figures mlflow-ui clean
+.PHONY: install demo test browser lint bench figures mlflow-ui clean
 
 install: $(STAMP)
 
@@ -28,8 +29,14 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 demo: install
 	$(BIN)/mskd demo --workdir $(DEMO_DIR)
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q tests
+
+# Debian's Chromium renders the MLflow dashboard in tests/test_dashboard.py (installed only when missing).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq >/dev/null && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
@@ -45,8 +52,10 @@ figures: install
 	$(BIN)/python -m mskd.visualize phantom-vs-real --out docs/figures/phantom_vs_real.png \
 		--real-image $(REAL_CT)/example_ct.nii.gz --real-label $(REAL_CT)/example_ct_seg_btcv13.nii.gz
 
+# The MLflow dashboard of a store (default: the demo's) at http://127.0.0.1:$(MLFLOW_PORT); any other store with
+# MLFLOW_STORE=bundles/mskd_synapse/output/mlruns.db. tests/test_dashboard.py opens it in a headless Chromium.
 mlflow-ui: install
-	$(BIN)/mlflow server --backend-store-uri sqlite:///$(abspath $(DEMO_DIR))/output/mlruns.db \
+	$(BIN)/mlflow server --backend-store-uri sqlite:///$(abspath $(MLFLOW_STORE)) \
 		--host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
 clean:

@@ -164,6 +164,26 @@ def test_parity_failure_writes_nothing(checkpoint, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("fmt, writer", [("onnx", "onnx.save"), ("torchscript", "torch.jit.save")])
+def test_a_failed_write_keeps_the_previous_export(checkpoint, tmp_path, monkeypatch, fmt, writer):
+    out = tmp_path / f"student.{fmt}"
+    export_checkpoint("tiny_unet", checkpoint[0], out, format=fmt, image_size=32)
+    before = out.read_bytes()
+
+    def partial(*args, **kwargs):  # onnx.save(model, f) and torch.jit.save(m=..., f=...)
+        with open(kwargs.get("f", args[1] if len(args) > 1 else None), "wb") as stream:
+            stream.write(before[: len(before) // 2])
+        raise OSError("disk full")
+
+    module, name = writer.rsplit(".", 1)
+    monkeypatch.setattr(onnx if module == "onnx" else torch.jit, name, partial)
+    with pytest.raises((OSError, RuntimeError)):
+        export_checkpoint("tiny_unet", checkpoint[0], out, format=fmt, image_size=32)
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", out.name]
+
+
 def test_unscriptable_network_points_to_onnx(tmp_path):
     torch.save(get_network("swin_unetr").state_dict(), tmp_path / "swin.pt")
     with pytest.raises(

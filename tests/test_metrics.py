@@ -349,6 +349,30 @@ def test_write_is_atomic_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m.csv"]
 
 
+def test_write_keeps_the_old_file_when_writing_fails_midway(tmp_path, monkeypatch):
+    path = write_case_csv(tmp_path / "m.csv", ["case1", "case2"], ["a", "b", "c"], CASES)
+    before = (tmp_path / "m.csv").read_text()
+    real_writer = csv.writer
+
+    def failing_writer(f, *args, **kwargs):
+        writer = real_writer(f, *args, **kwargs)
+
+        class Failing:
+            def writerow(self, row):
+                writer.writerow(row)  # the header and the first row reach the temporary file, then the disk fills
+                if row[0] == "case1":
+                    f.flush()
+                    raise OSError("disk full")
+
+        return Failing()
+
+    monkeypatch.setattr(csv, "writer", failing_writer)
+    with pytest.raises(OSError, match="disk full"):
+        write_case_csv(path, ["case1", "case2"], ["a", "b", "c"], CASES)
+    assert (tmp_path / "m.csv").read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.csv"]
+
+
 def test_write_case_csv_errors(tmp_path):
     with pytest.raises(ValueError, match="1 case names for 2 cases"):
         write_case_csv(tmp_path / "m.csv", ["x"], ["a", "b", "c"], CASES)

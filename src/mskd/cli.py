@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -59,11 +60,17 @@ def _add_student_args(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``mskd`` (one sub-command per use case)."""
+    debug_help = "show full tracebacks instead of one-line errors (the same as MSKD_DEBUG=1)"
     parser = argparse.ArgumentParser(prog="mskd", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    # --debug is also accepted after the sub-command (SUPPRESS: the sub-command does not reset the top-level value)
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     commands = parser.add_subparsers(dest="command", required=True)
 
     phantom = commands.add_parser(
         "phantom",
+        parents=[debug],
         help="write synthetic abdominal CT phantoms (NIfTI + dataset.json)",
         epilog="example: mskd phantom --task synapse --out data/phantom --cases 16 --seed 0 --size 96 96 48",
     )
@@ -81,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
+        parents=[debug],
         help="phantoms -> teacher -> student baseline -> distilled student -> evaluation table",
         epilog="example: mskd demo --workdir demo",
     )
@@ -91,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser(
         "predict",
+        parents=[debug],
         help="segment NIfTI files or DICOM series with a bundle's student (labels on the input's grid)",
         epilog="example: mskd predict --bundle bundles/mskd_synapse --input CT.nii.gz --output predictions",
     )
@@ -101,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser(
         "export",
+        parents=[debug],
         help="export a bundle's student to ONNX or TorchScript, checked against the eager network",
         epilog="example: mskd export --format onnx --bundle bundles/mskd_synapse --out student.onnx",
     )
@@ -112,13 +122,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``mskd``; returns the exit status (1 with a one-line message on a known error)."""
+    """Run ``mskd``; returns the exit status (1 with a one-line message on a known error).
+
+    Problems found by the up-front checks (:mod:`mskd.validation`) are listed, one line each, and exit with status
+    2. ``--debug`` (or ``MSKD_DEBUG=1``) raises every error with its traceback instead.
+    """
+    from mskd.validation import DEBUG_ENV, debug_enabled
+
     args = build_parser().parse_args(argv)
+    debug = args.debug or debug_enabled()
+    previous = os.environ.get(DEBUG_ENV)
+    if debug:
+        os.environ[DEBUG_ENV] = "1"  # seen by the checks of the bundles run in this process
     try:
         args.func(args)
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
+        if debug:
+            raise
         print(f"mskd {args.command}: error: {e}", file=sys.stderr)
         return 1
+    finally:
+        if previous is None:
+            os.environ.pop(DEBUG_ENV, None)
+        else:
+            os.environ[DEBUG_ENV] = previous
     return 0
 
 

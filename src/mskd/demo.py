@@ -128,6 +128,7 @@ def run_demo(
     """
     from mskd.data import organ_names
     from mskd.data.phantom import generate_phantom_dataset
+    from mskd.io import atomic_open
     from mskd.tracking import tracking_uri
 
     settings = QUICK if quick else DEMO
@@ -182,8 +183,7 @@ def run_demo(
         + "\n".join(f"- {k}: {v:.0f} s" for k, v in timings.items())
         + f"\n- total: {total / 60:.1f} min\n\nMLflow store: {tracking_uri(workdir / 'output')} (`make mlflow-ui`)\n"
     )
-    tmp = workdir / "results.md.tmp"
-    tmp.write_text(report)
-    tmp.replace(workdir / "results.md")
+    with atomic_open(workdir / "results.md", "w", encoding="utf-8") as f:
+        f.write(report)
     print("\n" + report)
     return rows

@@ -18,6 +18,8 @@ import torch.distributed as dist
 from monai.utils import optional_import
 from torch import nn
 
+from mskd.io import atomic_open
+
 idist, _ = optional_import("ignite.distributed")
 Events, _ = optional_import("ignite.engine", name="Events")
 if TYPE_CHECKING:
@@ -215,6 +217,5 @@ class RecordSamples:
         rank, world = get_rank(), get_world_size()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"{self.name}-rank{rank}.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"rank": rank, "world_size": world, "epochs": self.epochs}, indent=2))
-        tmp.replace(path)
+        with atomic_open(path, "w", encoding="utf-8") as f:
+            json.dump({"rank": rank, "world_size": world, "epochs": self.epochs}, f, indent=2)

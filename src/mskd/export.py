@@ -27,6 +27,8 @@ import torch
 from monai.utils import ensure_tuple, look_up_option, optional_import
 from torch import nn
 
+from mskd.io import atomic_path
+
 __all__ = [
     "EXPORT_FORMATS",
     "INPUT_NAME",
@@ -54,11 +56,6 @@ def _require(module: str) -> Any:
     if not found:
         raise ImportError(f"{module} is not installed; ONNX export needs the optional extra: pip install 'mskd[onnx]'")
     return mod
-
-
-def _temporary(path: Path, tag: str = "tmp") -> Path:
-    """A hidden name beside ``path`` (same folder, so ``os.replace`` is atomic), with the same suffix."""
-    return path.with_name(f".{path.stem}.{os.getpid()}.{tag}{path.suffix}")
 
 
 def _check_sizes(image_size: int, in_channels: int) -> None:
@@ -122,48 +119,45 @@ def export_onnx(
 
     _check_sizes(image_size, in_channels)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(path)
     example = _random_image(2 if dynamic_batch else 1, in_channels, image_size, seed=0).to(_device(network))
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
     logits_shape = (example.shape[0], *_eager(network, example[:1]).shape[1:])
     was_training = network.training
     try:
-        with warnings.catch_warnings():
-            # the exporter we choose on purpose; shape-dependent Python branches are fine at a fixed H, W, and batch
-            # dependence is what the parity checks at other batch sizes catch
-            warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
-            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\.")
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            # InstanceNorm without running statistics (MONAI's UNets) normalises by the input's statistics in eval
-            # mode too, which is what the exporter warns that it does
-            warnings.filterwarnings("ignore", message="ONNX export mode is set to TrainingMode.EVAL, but operator")
-            warnings.filterwarnings("ignore", message="Constant folding - Only steps=1 can be constant folded")
-            model = convert_to_onnx(
-                network,
-                inputs=[example],
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                opset_version=opset,
-                dynamic_axes=axes,
-                filename=str(tmp),
-                use_trace=True,
-                dynamo=False,
-            )
-        # the exporter's shape inference can declare wrong symbolic sizes (FlexibleUNet's logits came out as
-        # [batch, 9, batch, ?]); declare what the network gives
-        declared = model.graph.output[0].type.tensor_type.shape
-        declared.ClearField("dim")
-        for size in logits_shape:
-            declared.dim.add().dim_value = size
-        if dynamic_batch:
-            declared.dim[0].dim_param = "batch"
-        onnx.save(model, str(tmp))
-        onnx.checker.check_model(str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            with warnings.catch_warnings():
+                # the exporter we choose on purpose; shape-dependent Python branches are fine at a fixed H, W, and batch
+                # dependence is what the parity checks at other batch sizes catch
+                warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
+                warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\.")
+                warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+                # InstanceNorm without running statistics (MONAI's UNets) normalises by the input's statistics in eval
+                # mode too, which is what the exporter warns that it does
+                warnings.filterwarnings("ignore", message="ONNX export mode is set to TrainingMode.EVAL, but operator")
+                warnings.filterwarnings("ignore", message="Constant folding - Only steps=1 can be constant folded")
+                model = convert_to_onnx(
+                    network,
+                    inputs=[example],
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    opset_version=opset,
+                    dynamic_axes=axes,
+                    filename=str(tmp),
+                    use_trace=True,
+                    dynamo=False,
+                )
+            # the exporter's shape inference can declare wrong symbolic sizes (FlexibleUNet's logits came out as
+            # [batch, 9, batch, ?]); declare what the network gives
+            declared = model.graph.output[0].type.tensor_type.shape
+            declared.ClearField("dim")
+            for size in logits_shape:
+                declared.dim.add().dim_value = size
+            if dynamic_batch:
+                declared.dim[0].dim_param = "batch"
+            onnx.save(model, str(tmp))
+            onnx.checker.check_model(str(tmp))
     finally:
         network.train(was_training)
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -258,9 +252,7 @@ def _export_torchscript(network: nn.Module, path: Path, name: str) -> Path:
     """Script ``network`` with MONAI's ``convert_to_torchscript`` (as ``ckpt_export`` does), written atomically."""
     from monai.networks.utils import convert_to_torchscript
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(path)
-    try:
+    with atomic_path(path) as tmp:
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=_JIT_DEPRECATED, category=DeprecationWarning)
@@ -270,9 +262,6 @@ def _export_torchscript(network: nn.Module, path: Path, name: str) -> Path:
                 f"torch.jit.script cannot compile {name}; export it with format='onnx' (`mskd export --format onnx`) "
                 f"instead: {e}"
             ) from e
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -330,8 +319,7 @@ def export_checkpoint(
     network = get_network(network_name, in_channels, num_classes, **(network_kwargs or {}))
     load_weights(network, checkpoint_path, role=network_name).eval()
 
-    staged = _temporary(out_path, "unverified")
-    try:
+    with atomic_path(out_path) as staged:  # appears as out_path only once the parity check has passed
         if fmt == "onnx":
             export_onnx(network, staged, image_size=image_size, in_channels=in_channels)
             tolerance = ONNX_TOLERANCE
@@ -345,9 +333,6 @@ def export_checkpoint(
                 f"{fmt} export of {network_name} differs from the network by max |Δ| = {diff:.3g} > {tolerance:g} "
                 f"on its logits; {out_path} not written"
             )
-        os.replace(staged, out_path)
-    finally:
-        staged.unlink(missing_ok=True)
     return {
         "network": network_name,
         "format": fmt,

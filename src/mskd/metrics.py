@@ -47,14 +47,14 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import ndimage
+
+from mskd.io import atomic_open
 
 __all__ = [
     "CASE_METRIC_KEYS",
@@ -343,22 +343,12 @@ def _fmt(value: object) -> str:
 
 
 def _write_csv_atomic(path: str | os.PathLike, columns: Sequence[str], rows: Sequence[Mapping[str, object]]) -> str:
-    """Write ``rows`` to a temporary file in ``path``'s folder, then ``os.replace`` it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(columns)
-            for row in rows:
-                writer.writerow([_fmt(row[c]) for c in columns])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``rows`` as CSV through :func:`mskd.io.atomic_open` (a temporary file in the folder, then a rename)."""
+    with atomic_open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([_fmt(row[c]) for c in columns])
     return str(path)
 
 

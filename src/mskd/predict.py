@@ -35,24 +35,32 @@ def predict(
         the label maps written, one per input, in input order.
 
     Raises:
-        FileNotFoundError: when the bundle, the input or the checkpoint does not exist.
-        ValueError: when the input is a file that is not NIfTI, or a folder holds several DICOM series.
+        FileNotFoundError: when the bundle does not exist.
+        SystemExit: with status 2, after printing every problem found by :func:`mskd.validation.inference_problems`
+            (an input that is missing, not NIfTI, unreadable, not 3D or holds NaN; a folder with several DICOM
+            series; a student checkpoint that is missing, unreadable or of another network or class count).
+        mskd.validation.ValidationError: instead of ``SystemExit`` when ``MSKD_DEBUG=1``.
     """
-    from monai.bundle import run
+    from monai.bundle import ConfigParser, run
+
+    from mskd.validation import inference_problems, report_problems
 
     bundle = Path(bundle)
     config = bundle / "configs" / "inference.json"
     if not config.is_file():
         raise FileNotFoundError(f"{bundle} is not a bundle (no configs/inference.json); pass --bundle")
     checkpoint = Path(checkpoint) if checkpoint is not None else bundle / "models" / "model.pt"
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"student checkpoint not found: {checkpoint} (pass --checkpoint, or distil first)")
-    cases = get_datalist(input_format(input), input)  # refuses a bad input before any model is built
     overrides = {"input": str(input), "output_dir": str(output), "ckpt_path": str(checkpoint)}
     if student is not None:
         overrides["student"] = student
     if image_size is not None:
         overrides["image_size"] = image_size
+    # the bundle's own checks, with these overrides, before any model is built or anything is written
+    parser = ConfigParser()
+    parser.read_config(str(config))
+    parser.update({"bundle_root": str(bundle), **overrides})
+    report_problems([_as_flag(p) for p in inference_problems(**parser.get_parsed_content("checks"))])
+    cases = get_datalist(input_format(input), input)
     run(
         config_file=str(config),
         meta_file=str(bundle / "configs" / "metadata.json"),
@@ -61,6 +69,16 @@ def predict(
         **overrides,
     )
     return [Path(output) / f"{_stem(case['image'])}_seg.nii.gz" for case in cases]
+
+
+# the config keys of inference.json that `mskd predict` sets from its flags
+_FLAGS = {"input": "--input", "ckpt_path": "--checkpoint", "student": "--student", "student_kwargs": "--student"}
+
+
+def _as_flag(problem: str) -> str:
+    """A problem line naming the ``mskd predict`` flag instead of the config key (``--checkpoint: ...``)."""
+    key, sep, rest = problem.partition(": ")
+    return f"{_FLAGS[key]}: {rest}" if sep and key in _FLAGS else problem
 
 
 def _stem(path: str) -> str:

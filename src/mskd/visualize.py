@@ -30,6 +30,7 @@ import numpy as np
 from monai.utils import look_up_option
 
 from mskd.data.labels import BTCV_TO_SYNAPSE, HU_WINDOWS, SYNAPSE_LABELS, TASK_LABELS
+from mskd.io import atomic_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -306,9 +307,6 @@ def _scale_bar(ax: Axes, length_mm: float = 100.0) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 # the phantom versus real CT figure
 # ----------------------------------------------------------------------------------------------------------------------
-_TMP_PREFIX = ".tmp-"
-
-
 def _palette(colours: Sequence[str]) -> list[int]:
     """A 256-entry RGB palette: each colour plus its 60/40 blends with black, mid-grey and white (anti-aliased edges),
     and a grey ramp for the CT and the text in the remaining entries."""
@@ -338,8 +336,7 @@ def _save_figure(fig: Figure, out_path: Path, dpi: float, colours: Sequence[str]
     from PIL import Image
 
     FigureCanvasAgg(fig)
-    tmp = out_path.with_name(f"{_TMP_PREFIX}{os.getpid()}-{out_path.name}")
-    try:
+    with atomic_path(out_path) as tmp:
         if colours:
             buffer = io.BytesIO()
             fig.savefig(buffer, format="png", dpi=dpi)
@@ -351,10 +348,6 @@ def _save_figure(fig: Figure, out_path: Path, dpi: float, colours: Sequence[str]
             indexed.save(tmp, format="PNG", optimize=True)
         else:
             fig.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # physical size (width, height) in mm shown by each panel, the same for the phantom and the real CT

@@ -211,11 +211,19 @@ def test_cli_predict_and_export_wrap_the_bundle(trained, tmp_path, capsys):
     assert "max |export - eager|" in capsys.readouterr().out and (tmp_path / "student.onnx").is_file()
 
 
-def test_cli_predict_refuses_a_missing_checkpoint_in_one_line(tmp_path, capsys):
+def test_cli_predict_refuses_a_missing_checkpoint_and_input_before_running(tmp_path, capsys, monkeypatch):
     from mskd.cli import main
 
+    monkeypatch.delenv("MSKD_DEBUG", raising=False)
     argv = ["predict", "--bundle", str(BUNDLE), "--input", str(tmp_path), "--output", str(tmp_path / "out")]
-    assert main([*argv, "--checkpoint", str(tmp_path / "none.pt")]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("mskd predict: error: student checkpoint not found") and "\n" not in err
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--checkpoint", str(tmp_path / "none.pt")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "mskd: 2 problem(s) found before starting:",
+        f"  - --input: no .nii/.nii.gz file and no DICOM series in {tmp_path}",
+        f"  - --checkpoint: student checkpoint not found: {tmp_path / 'none.pt'}. Train the student first (see the "
+        "bundle's docs/README.md) or point the config at an existing file.",
+    ]
     assert not (tmp_path / "out").exists()

@@ -85,7 +85,14 @@ def distributed_run(tmp_path_factory):
     start = time.monotonic()
     # Own process group, so that a timeout ends torchrun's workers too (killing torchrun alone would orphan them).
     with subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        env=env,
+        start_new_session=True,
     ) as popen:
         try:
             stdout, stderr = popen.communicate(timeout=TIMEOUT_S)
@@ -202,34 +209,53 @@ def _stack() -> ConfigParser:
     "handler, target",
     [
         ("train#handlers#2", "StatsHandler"),
-        ("train#handlers#3", "MLFlowHandler"),
+        ("train#handlers#3", "mskd.handlers.MLFlowHandler"),
         ("validate#handlers#1", "StatsHandler"),
-        ("validate#handlers#2", "CheckpointSaver"),
-        ("validate#handlers#3", "MLFlowHandler"),
+        ("validate#handlers#2", "mskd.handlers.CheckpointSaver"),
+        ("validate#handlers#3", "mskd.handlers.MLFlowHandler"),
     ],
 )
 def test_rank0_only_overrides_point_at_the_intended_handlers(handler, target):
     parser = _stack()
     assert parser[f"{handler}#_target_"] == target
     assert "dist.get_rank() > 0" in parser[f"{handler}#_disabled_"]
+    base = ConfigParser()
+    base.read_config([str(CONFIGS / f) for f in STACK[:2]])
+    if "_disabled_" in base[handler]:  # the base's own condition (save_best, MLflow off) is kept
+        assert base[f"{handler}#_disabled_"].lstrip("$") in parser[f"{handler}#_disabled_"]
 
 
 def test_override_keeps_every_initialize_step_of_the_base():
-    """``initialize`` is replaced (the process group must come first); each base step must still be there."""
+    """``initialize`` is replaced; each base step must still be there. The up-front checks come first (every rank
+    refuses bad input before joining the group, so no rank waits on one that exited), then the process group."""
     base = ConfigParser()
     base.read_config([str(CONFIGS / f) for f in STACK[:2]])
     calls = re.compile(r"([A-Za-z_][\w.]*)\(")
     stacked = " ".join(_stack()["initialize"])
     for step in base["initialize"]:
         assert calls.search(step).group(1) in stacked, step
-    assert _stack()["initialize"][0] == "$mskd.distributed.init_process_group()"
+    assert _stack()["initialize"][0] == base["initialize"][0] == "$mskd.validation.check_training(**@checks)"
+    assert _stack()["initialize"][1] == "$mskd.distributed.init_process_group()"
     assert "$mskd.distributed.destroy_process_group()" in _stack()["finalize"]
 
 
-def test_executed_config_is_the_base_one_on_rank0():
+@pytest.mark.parametrize("key", ["executed_config", "tracking_run_id"])
+def test_rank0_only_values_are_the_base_ones_on_rank0(key):
+    """Only rank 0 writes the executed config and opens (or reopens) the MLflow run."""
     base = ConfigParser()
     base.read_config([str(CONFIGS / f) for f in STACK[:2]])
-    assert _stack()["executed_config"] == base["executed_config"] + " if dist.get_rank() == 0 else None"
+    assert _stack()[key] == base[key] + " if dist.get_rank() == 0 else None"
+
+
+def test_the_resume_checkpoint_carries_the_best_model_saver_and_comes_last():
+    """``TrainingCheckpoint`` refers to the best-model saver by position, and must be the last training handler."""
+    for parser in (_stack(), ConfigParser()):
+        if not parser.get("initialize"):
+            parser.read_config([str(CONFIGS / f) for f in STACK[:2]])
+        handlers = parser["train#handlers"]
+        assert handlers[-1]["_target_"] == "mskd.handlers.TrainingCheckpoint"
+        assert handlers[-1]["save_dict"]["best_checkpoint"] == "@validate#handlers#2"
+        assert parser["validate#handlers#2#_target_"] == "mskd.handlers.CheckpointSaver"
 
 
 def test_teacher_is_not_wrapped():

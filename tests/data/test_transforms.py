@@ -129,5 +129,5 @@ def test_bundle_augmentation_is_transunet_style_and_switchable(tmp_path):
         "train#augmentation"
     )
     assert [type(t).__name__ for t in on] == ["RandRotate90d", "RandFlipd", "RandRotated"]
-    off = _bundle_parser(tmp_path / "data", augment=False).get_parsed_content("train#augmentation")
-    assert off == []
+    for switch in (False, "false"):  # the command line passes "--augment false" as a string
+        assert _bundle_parser(tmp_path / "data", augment=switch).get_parsed_content("train#augmentation") == []

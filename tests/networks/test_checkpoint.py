@@ -44,3 +44,20 @@ def test_checkpoint_of_other_architecture(tmp_path, other):
     torch.save(_net(**other).state_dict(), path)
     with pytest.raises(ValueError, match="does not fit UNet .*shape mismatch"):
         load_weights(_net(), path, role="teacher")
+
+
+class _Pickled:
+    """Not a tensor: loading it would need arbitrary unpickling."""
+
+
+def test_a_checkpoint_that_needs_unpickling_is_refused_naming_the_file(tmp_path):
+    from mskd.io import UnsafeCheckpointError
+
+    network = _net()
+    path = tmp_path / "teacher.pt"
+    torch.save({"model": network.state_dict(), "obj": _Pickled()}, path)
+    with pytest.raises(UnsafeCheckpointError) as info:
+        load_weights(network, path, role="teacher")
+    message = str(info.value)
+    assert message.startswith(f"teacher checkpoint {path} holds pickled Python objects")
+    assert "_Pickled" in message and "\n" not in message

@@ -18,6 +18,7 @@ from .datalist import (
 from .labels import BTCV_TO_SYNAPSE, HU_WINDOWS, KITS_LABELS, SYNAPSE_LABELS, TASK_LABELS, organ_names
 from .readers import H5VolumeReader, NpzSliceStackReader
 from .transforms import LoadCased, cached_dataset, intensity_window
+from .writers import AtomicNibabelWriter
 
 __all__ = [
     "BTCV_TO_SYNAPSE",
@@ -29,6 +30,7 @@ __all__ = [
     "SYNAPSE_TEST_CASES",
     "SYNAPSE_TRAIN_CASES",
     "TASK_LABELS",
+    "AtomicNibabelWriter",
     "H5VolumeReader",
     "LoadCased",
     "NpzSliceStackReader",

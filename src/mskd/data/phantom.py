@@ -29,7 +29,6 @@ one: the kidney tumours are drawn last.
 """
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from enum import IntEnum
 from pathlib import Path
@@ -39,6 +38,8 @@ import numpy as np
 from monai.utils import look_up_option
 from scipy import ndimage
 from tqdm import tqdm
+
+from mskd.io import atomic_open, atomic_path
 
 from .labels import KITS_LABELS, SYNAPSE_LABELS, TASK_LABELS
 
@@ -779,11 +780,6 @@ def make_phantom_case(
 # ----------------------------------------------------------------------------------------------------------------------
 # dataset writer
 # ----------------------------------------------------------------------------------------------------------------------
-def _tmp_name(path: Path) -> Path:
-    """Temporary sibling of ``path`` keeping the full extension (nibabel picks the format from it)."""
-    return path.with_name(f".tmp-{os.getpid()}-{path.name}")
-
-
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     """Write ``array`` atomically as NIfTI-1 with sform/qform code 1 and millimetre units."""
     image = nib.Nifti1Image(array, affine)
@@ -791,23 +787,13 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     image.set_qform(affine, code=1)
     image.header.set_zooms(tuple(float(v) for v in np.abs(np.diag(affine)[:3])))
     image.header.set_xyzt_units(xyz="mm")
-    tmp = _tmp_name(path)
-    try:
+    with atomic_path(path) as tmp:
         nib.save(image, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _save_json(obj: dict, path: Path) -> None:
-    tmp = _tmp_name(path)
-    try:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(obj, indent=2) + "\n")
 
 
 def generate_phantom_dataset(

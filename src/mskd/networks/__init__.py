@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .checkpoint import count_parameters, load_weights
+from .checkpoint import count_parameters, load_weights, read_state_dict, state_dict_mismatch
 from .registry import default_taps, get_network, list_networks, tap_points
 from .taps import FeatureTaps, unwrap_network
 
@@ -25,6 +25,8 @@ __all__ = [
     "get_network",
     "list_networks",
     "load_weights",
+    "read_state_dict",
+    "state_dict_mismatch",
     "tap_points",
     "unwrap_network",
     *_LAZY,

@@ -1,0 +1,140 @@
+"""The MLflow run that MONAI's ``MLFlowHandler`` logs to, for handlers that add files, tags and metrics to it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["MlflowRunLogger"]
+
+_FINISHED = "FINISHED"
+
+
+class MlflowRunLogger:
+    """Log artifacts, tags and metrics to the MLflow run of a workflow: the run ``run_id``, or the run that MONAI's
+    ``MLFlowHandler`` with the same ``experiment_name`` and ``run_name`` uses.
+
+    With ``run_id`` (the bundle's ``tracking_run_id``, which :class:`mskd.handlers.MLFlowHandler` logs to), that run
+    is used, nothing is looked up. Without it, the run is found as MONAI's handler finds it: MONAI creates its run
+    through ``MlflowClient`` (not the fluent API, so ``mlflow.active_run()`` knows nothing of it) and, at its engine's
+    ``STARTED``, takes among the experiment's runs (``MlflowClient.search_runs``, newest first) named ``run_name``
+    that are not ``FINISHED`` the last one; without any, a new run. :meth:`run_id` makes the same choice, so it finds
+    the same run while that run is open; once every run of that name is closed (``close_on_complete``), it takes the
+    one closed last. A looked-up id is kept until :meth:`forget`.
+
+    Args:
+        tracking_uri: the MLflow tracking URI; ``None`` turns logging off (:attr:`enabled` is false and every
+            logging method does nothing), so a handler can still write its files locally.
+        experiment_name: the experiment of the run (``MLFlowHandler(experiment_name=...)``); not needed with
+            ``run_id``.
+        run_name: the run's name (``MLFlowHandler(run_name=...)``); with ``run_id``, only used in figure titles.
+        run_id: the run's id.
+
+    Raises:
+        ValueError: when ``tracking_uri`` is given without ``run_id`` and without ``experiment_name`` and ``run_name``.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str | None,
+        experiment_name: str | None = None,
+        run_name: str | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        if tracking_uri is not None and run_id is None and not (experiment_name and run_name):
+            raise ValueError(
+                "with a tracking_uri, pass run_id, or experiment_name and run_name, to name the MLflow run to log to "
+                f"(the same values as the MLFlowHandler's), got experiment_name={experiment_name!r}, "
+                f"run_name={run_name!r}, run_id={run_id!r}"
+            )
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        self.run_name = run_name
+        self.given_run_id = run_id
+        self._client: Any = None
+        self._run_id: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether anything is logged (a tracking URI was given)."""
+        return self.tracking_uri is not None
+
+    @property
+    def client(self) -> Any:
+        """An ``mlflow.MlflowClient`` for :attr:`tracking_uri` (mlflow is imported on first use)."""
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def forget(self) -> None:
+        """Look the run up again at the next call (an engine run may use a new MLflow run)."""
+        self._run_id = None
+
+    def display_name(self) -> str:
+        """``run_name``; else the name of the run ``run_id`` (``""`` with logging off)."""
+        if self.run_name:
+            return self.run_name
+        if self.enabled and self.given_run_id is not None:
+            return str(self.client.get_run(self.given_run_id).info.run_name or "")
+        return ""
+
+    def run_id(self) -> str:
+        """The given ``run_id``, or the id of the run looked up on the first call.
+
+        Raises:
+            RuntimeError: when the experiment or a run of that name does not exist (yet): the handler was used
+                without an ``MLFlowHandler`` with the same ``experiment_name`` and ``run_name`` on a started engine.
+        """
+        if self.given_run_id is not None:
+            return self.given_run_id
+        if self._run_id is not None:
+            return self._run_id
+        hint = (
+            "attach a MONAI MLFlowHandler with the same tracking_uri, experiment_name and run_name to the engine "
+            "(it creates the run when the engine starts)"
+        )
+        experiment = self.client.get_experiment_by_name(self.experiment_name)
+        if experiment is None:
+            raise RuntimeError(f"MLflow experiment '{self.experiment_name}' not found at {self.tracking_uri}: {hint}")
+        runs = [r for r in self.client.search_runs(experiment.experiment_id) if r.info.run_name == self.run_name]
+        if not runs:
+            raise RuntimeError(
+                f"no MLflow run named '{self.run_name}' in experiment '{self.experiment_name}' at "
+                f"{self.tracking_uri}: {hint}"
+            )
+        open_runs = [r for r in runs if r.info.status != _FINISHED]
+        if open_runs:
+            self._run_id = open_runs[-1].info.run_id  # as MONAI picks it
+        else:  # the run MONAI closed last
+            self._run_id = max(runs, key=lambda r: (r.info.end_time or 0, r.info.start_time or 0)).info.run_id
+        return self._run_id
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """Copy the file ``path`` into the run's artifacts, under the folder ``artifact_path`` (root when None)."""
+        if self.enabled:
+            self.client.log_artifact(self.run_id(), os.fspath(path), artifact_path=artifact_path)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Log scalar metrics (one batch call) at ``step``."""
+        if not self.enabled or not metrics:
+            return
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        entries = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        self.client.log_batch(self.run_id(), metrics=entries)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set tags (values as strings, at most 5000 characters each; ``None`` values are left out)."""
+        if not self.enabled:
+            return
+        from mlflow.entities import RunTag
+
+        entries = [RunTag(str(key), str(value)[:5000]) for key, value in tags.items() if value is not None]
+        if entries:
+            self.client.log_batch(self.run_id(), tags=entries)

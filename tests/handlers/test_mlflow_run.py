@@ -1,0 +1,83 @@
+"""MlflowRunLogger finds the run MONAI's MLFlowHandler logs to, even where MONAI resumes an unfinished run."""
+
+from __future__ import annotations
+
+import pytest
+from ignite.engine import Engine
+from mlflow import MlflowClient
+from monai.handlers import MLFlowHandler
+
+from mskd.handlers.mlflow_run import MlflowRunLogger
+
+
+@pytest.fixture
+def uri(mlflow_uri):
+    return mlflow_uri
+
+
+def test_same_run_as_monai_then_after_closing(uri):
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("e")
+    client.create_run(experiment, run_name="other")
+    old = client.create_run(experiment, run_name="r").info.run_id  # left unfinished: MONAI appends to it
+    client.set_terminated(client.create_run(experiment, run_name="r").info.run_id, "FINISHED")
+    handler = MLFlowHandler(tracking_uri=uri, experiment_name="e", run_name="r")
+    handler.start(Engine(lambda e, b: None))
+    assert handler.cur_run.info.run_id == old
+    logger = MlflowRunLogger(uri, "e", "r")
+    assert logger.run_id() == old
+    handler.close()
+    logger.forget()
+    assert logger.run_id() == old  # every run closed: the one closed last, though another started later
+    new = client.create_run(experiment, run_name="r").info.run_id
+    client.set_terminated(new, "FINISHED")
+    logger.forget()
+    assert logger.run_id() == new
+
+
+def test_given_run_id_is_used_without_look_up(uri):
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("e")
+    first = client.create_run(experiment, run_name="r").info.run_id
+    client.create_run(experiment, run_name="r")  # MONAI's look-up would pick another run of that name
+    logger = MlflowRunLogger(uri, run_id=first)
+    logger.forget()
+    assert logger.run_id() == first and logger.display_name() == "r"
+    assert MlflowRunLogger(uri, run_name="shown", run_id=first).display_name() == "shown"
+    assert MlflowRunLogger(None).display_name() == ""
+
+
+def test_tags_metrics_artifacts(uri, tmp_path):
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("e"), run_name="r").info.run_id
+    logger = MlflowRunLogger(uri, "e", "r")
+    logger.set_tags({"a": 1, "b": None})
+    logger.log_metrics({"m": 2.5}, step=3)
+    (tmp_path / "f.txt").write_text("x")
+    logger.log_artifact(tmp_path / "f.txt", "sub")
+    run = client.get_run(run_id)
+    assert run.data.tags["a"] == "1" and "b" not in run.data.tags
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "m")] == [(3, 2.5)]
+    assert [a.path for a in client.list_artifacts(run_id, "sub")] == ["sub/f.txt"]
+
+
+def test_disabled_without_uri(tmp_path):
+    logger = MlflowRunLogger(None, None, None)
+    assert not logger.enabled
+    logger.log_artifact(tmp_path / "missing.png")  # nothing happens
+    logger.set_tags({"a": 1})
+
+
+@pytest.mark.parametrize(
+    "experiment, run, match",
+    [("missing", "r", "experiment 'missing' not found"), ("e", "missing", "no MLflow run named 'missing'")],
+)
+def test_missing_run_says_what_to_attach(uri, experiment, run, match):
+    MlflowClient(tracking_uri=uri).create_experiment("e")
+    with pytest.raises(RuntimeError, match=match + ".*attach a MONAI MLFlowHandler"):
+        MlflowRunLogger(uri, experiment, run).run_id()
+
+
+def test_uri_without_names():
+    with pytest.raises(ValueError, match="pass run_id, or experiment_name and run_name"):
+        MlflowRunLogger("sqlite:///x.db", "e", None)
