@@ -28,8 +28,8 @@ def test_metrics_are_logged_once_per_run(mlflow_uri, tmp_path):
     client = MlflowClient(tracking_uri=mlflow_uri)
     run_id = client.create_run(client.create_experiment("e"), run_name="r").info.run_id
     handler = ModelSummaryHandler(torch.nn.Conv2d(1, 4, 3), [1, 1, 8, 8], tmp_path, mlflow_uri, run_id=run_id)
-    handler.log()
-    handler.log()
+    handler.log_once()
+    handler.log_once()
     assert [m.value for m in client.get_metric_history(run_id, "params_total")] == [40.0]
     assert [a.path for a in client.list_artifacts(run_id)] == ["model_summary.txt"]
 

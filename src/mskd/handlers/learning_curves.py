@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from monai.utils import optional_import
 
-from mskd.handlers.mlflow_run import MlflowRunLogger
+from mskd.handlers.mlflow_run import RunArtefactHandler
 from mskd.visualize import _default_colours, _save_figure
 
 Events, _ = optional_import("ignite.engine", name="Events")
@@ -107,7 +107,7 @@ def learning_curves_figure(
     return fig
 
 
-class LearningCurvesHandler:
+class LearningCurvesHandler(RunArtefactHandler):
     """At the trainer's ``COMPLETED``, plot the run's logged metric histories into ``learning_curves.png`` and log it.
 
     The curves are read back from the MLflow run (``MlflowClient.get_metric_history``), so they show what MLflow
@@ -129,6 +129,8 @@ class LearningCurvesHandler:
         dpi: PNG resolution.
     """
 
+    EVENTS = {"COMPLETED": "completed"}
+
     def __init__(
         self,
         output_dir: str | os.PathLike,
@@ -144,8 +146,8 @@ class LearningCurvesHandler:
         filename: str = "learning_curves.png",
         dpi: float = 100.0,
     ) -> None:
+        super().__init__(tracking_uri, experiment_name, run_name, run_id)
         self.output_dir = Path(output_dir)
-        self.mlflow = MlflowRunLogger(tracking_uri, experiment_name, run_name, run_id)
         self.class_names = [str(n) for n in class_names]
         self.loss_pattern = re.compile(rf"^{re.escape(loss_prefix)}(_\w+)?$")
         self.val_metric = val_metric
@@ -154,16 +156,6 @@ class LearningCurvesHandler:
         self.filename = filename
         self.dpi = float(dpi)
         self.last_path: Path | None = None
-
-    def attach(self, engine: Engine) -> None:
-        """Draw and log at ``COMPLETED``; look the run up afresh at each ``STARTED``."""
-        if not engine.has_event_handler(self.started, Events.STARTED):
-            engine.add_event_handler(Events.STARTED, self.started)
-        if not engine.has_event_handler(self.completed, Events.COMPLETED):
-            engine.add_event_handler(Events.COMPLETED, self.completed)
-
-    def started(self, engine: Engine | None = None) -> None:
-        self.mlflow.forget()
 
     def histories(self) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[tuple[int, float]]]]:
         """The run's loss and validation metric histories, each sorted by step (then time)."""

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from monai.utils import optional_import
 
-from mskd.handlers.mlflow_run import MlflowRunLogger
+from mskd.handlers.mlflow_run import RunArtefactHandler
 from mskd.visualize import _default_colours, _save_figure
 
 Events, _ = optional_import("ignite.engine", name="Events")
@@ -89,7 +89,7 @@ def metric_bars_figure(summary: Sequence[Mapping[str, Any]], title: str = "") ->
     return fig
 
 
-class MetricBarsHandler:
+class MetricBarsHandler(RunArtefactHandler):
     """At the evaluator's ``COMPLETED``, draw the per-organ Dice and HD95 bars of a ``VolumeMetricsHandler``'s summary.
 
     Reads :attr:`~mskd.handlers.VolumeMetricsHandler.summary` (filled at ``EPOCH_COMPLETED``), draws
@@ -109,6 +109,8 @@ class MetricBarsHandler:
         dpi: PNG resolution.
     """
 
+    EVENTS = {"COMPLETED": "completed"}
+
     def __init__(
         self,
         volume_metrics: VolumeMetricsHandler,
@@ -121,25 +123,15 @@ class MetricBarsHandler:
         filename: str | None = None,
         dpi: float = 100.0,
     ) -> None:
+        super().__init__(tracking_uri, experiment_name, run_name, run_id)
         if not hasattr(volume_metrics, "summary"):
             raise TypeError(f"volume_metrics must be a VolumeMetricsHandler, got {type(volume_metrics).__name__}")
         self.volume_metrics = volume_metrics
         self.output_dir = Path(output_dir)
-        self.mlflow = MlflowRunLogger(tracking_uri, experiment_name, run_name, run_id)
         self.artifact_path = artifact_path
         self.filename = filename or f"{getattr(volume_metrics, 'prefix', 'test')}_metrics.png"
         self.dpi = float(dpi)
         self.last_path: Path | None = None
-
-    def attach(self, engine: Engine) -> None:
-        """Draw and log at ``COMPLETED``; look the run up afresh at each ``STARTED``."""
-        if not engine.has_event_handler(self.started, Events.STARTED):
-            engine.add_event_handler(Events.STARTED, self.started)
-        if not engine.has_event_handler(self.completed, Events.COMPLETED):
-            engine.add_event_handler(Events.COMPLETED, self.completed)
-
-    def started(self, engine: Engine | None = None) -> None:
-        self.mlflow.forget()
 
     def completed(self, engine: Engine) -> None:
         """Draw the summary (nothing when no case was scored) and log the PNG."""

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["MlflowRunLogger"]
+__all__ = ["MlflowRunLogger", "OncePerRunHandler", "RunArtefactHandler"]
 
 _FINISHED = "FINISHED"
 
@@ -138,3 +138,65 @@ class MlflowRunLogger:
         entries = [RunTag(str(key), str(value)[:5000]) for key, value in tags.items() if value is not None]
         if entries:
             self.client.log_batch(self.run_id(), tags=entries)
+
+
+class RunArtefactHandler:
+    """Base of the handlers that add files, tags or metrics to a workflow's MLflow run (:class:`MlflowRunLogger`).
+
+    :meth:`attach` registers ``started`` at ``STARTED`` (the run is looked up afresh for every engine run) and each
+    ``event -> method`` of :attr:`EVENTS`, once per engine.
+
+    Args:
+        tracking_uri, experiment_name, run_name, run_id: as :class:`MlflowRunLogger`.
+    """
+
+    EVENTS: dict[str, str] = {}
+
+    def __init__(
+        self,
+        tracking_uri: str | None,
+        experiment_name: str | None = None,
+        run_name: str | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        self.mlflow = MlflowRunLogger(tracking_uri, experiment_name, run_name, run_id)
+
+    def attach(self, engine: Any) -> None:
+        """Register the handler's steps on ``engine`` (each once)."""
+        from ignite.engine import Events
+
+        for event_name, method in {"STARTED": "started", **self.EVENTS}.items():
+            fn, event = getattr(self, method), getattr(Events, event_name)
+            if not engine.has_event_handler(fn, event):
+                engine.add_event_handler(event, fn)
+
+    def started(self, engine: Any = None) -> None:
+        """Look the run up again (a new engine run may log to a new MLflow run)."""
+        self.mlflow.forget()
+
+
+class OncePerRunHandler(RunArtefactHandler):
+    """A :class:`RunArtefactHandler` that does :meth:`log_once` once per engine run, at the first ``EPOCH_STARTED``.
+
+    By then every ``STARTED`` handler (MONAI's ``MLFlowHandler`` creating the run among them) has run, so the
+    handler's place in the handler list does not matter.
+    """
+
+    EVENTS = {"EPOCH_STARTED": "epoch_started"}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending = False
+
+    def started(self, engine: Any = None) -> None:
+        super().started(engine)
+        self._pending = True
+
+    def epoch_started(self, engine: Any) -> None:
+        if self._pending:
+            self._pending = False
+            self.log_once()
+
+    def log_once(self) -> Any:
+        """What the handler logs; subclasses define it."""
+        raise NotImplementedError

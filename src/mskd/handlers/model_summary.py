@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from monai.utils import optional_import
 
-from mskd.handlers.mlflow_run import MlflowRunLogger
+from mskd.handlers.mlflow_run import OncePerRunHandler
+from mskd.io import atomic_path
 
 Events, _ = optional_import("ignite.engine", name="Events")
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ def model_summary(network: torch.nn.Module, input_shape: Sequence[int]) -> dict[
     }
 
 
-class ModelSummaryHandler:
+class ModelSummaryHandler(OncePerRunHandler):
     """Once per engine run, log the network's size and cost: metrics ``params_total``, ``params_trainable``,
     ``gflops`` and the artifact ``model_summary.txt`` (:func:`model_summary`).
 
@@ -140,37 +141,20 @@ class ModelSummaryHandler:
         run_id: str | None = None,
         filename: str = "model_summary.txt",
     ) -> None:
+        super().__init__(tracking_uri, experiment_name, run_name, run_id)
         self.network = network
         self.input_shape = tuple(int(s) for s in input_shape)
         self.output_dir = Path(output_dir)
-        self.mlflow = MlflowRunLogger(tracking_uri, experiment_name, run_name, run_id)
         self.filename = filename
         self.summary: dict[str, Any] | None = None
-        self._pending = False
 
-    def attach(self, engine: Engine) -> None:
-        if not engine.has_event_handler(self.started, Events.STARTED):
-            engine.add_event_handler(Events.STARTED, self.started)
-        if not engine.has_event_handler(self.epoch_started, Events.EPOCH_STARTED):
-            engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
-
-    def started(self, engine: Engine | None = None) -> None:
-        self.mlflow.forget()
-        self._pending = True
-
-    def epoch_started(self, engine: Engine) -> None:
-        if self._pending:
-            self._pending = False
-            self.log()
-
-    def log(self) -> dict[str, Any]:
+    def log_once(self) -> dict[str, Any]:
         """Measure the network, write the text file (under a temporary name, then renamed) and log both."""
         self.summary = model_summary(self.network, self.input_shape)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         path = self.output_dir / self.filename
-        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-        tmp.write_text(self.summary["text"], encoding="utf-8")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(self.summary["text"], encoding="utf-8")
         metrics = {
             "params_total": self.summary["params_total"],
             "params_trainable": self.summary["params_trainable"],

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from monai.utils import optional_import
 
-from mskd.handlers.mlflow_run import MlflowRunLogger
+from mskd.handlers.mlflow_run import OncePerRunHandler
 
 Events, _ = optional_import("ignite.engine", name="Events")
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def runs_table_view(
     return json.dumps(view)
 
 
-class RunTagsHandler:
+class RunTagsHandler(OncePerRunHandler):
     """Set tags on the engine's MLflow run once per engine run (MONAI's ``MLFlowHandler`` sets none).
 
     Tags, unlike params, can be searched with ``tags.<name> = '...'`` in the MLflow UI's search box and grouped by
@@ -79,28 +79,16 @@ class RunTagsHandler:
         empty = [k for k in tags if not str(k)]
         if empty:
             raise ValueError(f"tag names must be non-empty, got {list(tags)}")
+        super().__init__(tracking_uri, experiment_name, run_name, run_id)
         self.tags = dict(tags)
         self.experiment_tags = dict(experiment_tags or {})
-        self.mlflow = MlflowRunLogger(tracking_uri, experiment_name, run_name, run_id)
-        self._pending = False
 
-    def attach(self, engine: Engine) -> None:
-        if not engine.has_event_handler(self.started, Events.STARTED):
-            engine.add_event_handler(Events.STARTED, self.started)
-        if not engine.has_event_handler(self.epoch_started, Events.EPOCH_STARTED):
-            engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
-
-    def started(self, engine: Engine | None = None) -> None:
-        self.mlflow.forget()
-        self._pending = True
-
-    def epoch_started(self, engine: Engine) -> None:
-        if self._pending:
-            self._pending = False
-            self.mlflow.set_tags(self.tags)
-            if self.experiment_tags:
-                client = self.mlflow.client
-                experiment_id = client.get_run(self.mlflow.run_id()).info.experiment_id
-                for key, value in self.experiment_tags.items():
-                    if value is not None:
-                        client.set_experiment_tag(experiment_id, str(key), str(value))
+    def log_once(self) -> None:
+        """Set the run's tags and the experiment's tags."""
+        self.mlflow.set_tags(self.tags)
+        if self.experiment_tags:
+            client = self.mlflow.client
+            experiment_id = client.get_run(self.mlflow.run_id()).info.experiment_id
+            for key, value in self.experiment_tags.items():
+                if value is not None:
+                    client.set_experiment_tag(experiment_id, str(key), str(value))
