@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
@@ -175,7 +176,7 @@ class RunArtefactHandler:
         self.mlflow.forget()
 
 
-class OncePerRunHandler(RunArtefactHandler):
+class OncePerRunHandler(RunArtefactHandler, ABC):
     """A :class:`RunArtefactHandler` that does :meth:`log_once` once per engine run, at the first ``EPOCH_STARTED``.
 
     By then every ``STARTED`` handler (MONAI's ``MLFlowHandler`` creating the run among them) has run, so the
@@ -197,6 +198,6 @@ class OncePerRunHandler(RunArtefactHandler):
             self._pending = False
             self.log_once()
 
+    @abstractmethod
     def log_once(self) -> Any:
-        """What the handler logs; subclasses define it."""
-        raise NotImplementedError
+        """What the handler logs, once per engine run."""
