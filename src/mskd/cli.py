@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-__all__ = ["main"]
+__all__ = ["BENCHMARKS", "build_parser", "main"]
+
+BENCHMARKS = ("networks", "export", "training_step", "losses", "inference", "data")  # benchmarks/<name>.py
+
+
+class UsageError(Exception):
+    """A command line that cannot be run as given (exit status 2, as argparse's own usage errors)."""
 
 
 def _phantom(args: argparse.Namespace) -> None:
@@ -25,6 +35,62 @@ def _phantom(args: argparse.Namespace) -> None:
         progress=True,
     )
     print(f"wrote {path}")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The bundle overrides of a workflow command: its flags that were given, then every ``--set`` (which wins)."""
+    values = {
+        "dataset_dir": args.dataset_dir,
+        "data_format": args.data_format,
+        "teacher": args.teacher,
+        "student": args.student,
+        "max_epochs": getattr(args, "epochs", None),
+        "seed": args.seed,
+    }
+    if args.output_dir is not None:
+        values.update(output_dir=args.output_dir, ckpt_dir=os.path.join(args.output_dir, "models"))
+    return {**{k: v for k, v in values.items() if v is not None}, **dict(args.set)}
+
+
+def _train(args: argparse.Namespace) -> None:
+    from mskd.workflows import train
+
+    print(train(args.bundle, args.method, **_overrides(args)).table())
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from mskd.workflows import evaluate
+
+    print(evaluate(args.bundle, args.method, **_overrides(args)).table())
+
+
+def _experiment(args: argparse.Namespace) -> None:
+    from mskd.experiment import run_experiment
+
+    run_experiment(args.config, workdir=args.workdir, dry_run=args.dry_run)
+
+
+def _bench(args: argparse.Namespace) -> None:
+    root = Path(__file__).resolve().parents[2]  # src/mskd/cli.py -> the repository
+    folder = root / "benchmarks"
+    if not folder.is_dir():
+        raise UsageError(
+            f"no benchmarks folder at {folder}: the benchmarks come with the repository, not with an installed "
+            "package; run `mskd bench` from a clone (git clone, then pip install -e .)"
+        )
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        raise UsageError(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    names = args.names or list(BENCHMARKS)
+    missing = [n for n in names if not (folder / f"{n}.py").is_file()]
+    if missing:
+        raise UsageError(f"no benchmark script {', '.join(f'benchmarks/{n}.py' for n in missing)} in {root}")
+    for name in names:
+        command = [sys.executable, str(folder / f"{name}.py"), *(["--quick"] if args.quick else [])]
+        print(f"$ {' '.join(command)}", flush=True)
+        code = subprocess.call(command, cwd=root)
+        if code != 0:
+            raise RuntimeError(f"benchmarks/{name}.py failed with exit status {code} (its output is above)")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -58,8 +124,48 @@ def _add_student_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=None, help="in-plane size the student was trained at")
 
 
+def _assignment(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of ``--set``: the value read as JSON (numbers, true/false/null, lists, objects), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. learning_rate=0.002), got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _add_workflow_args(parser: argparse.ArgumentParser) -> None:
+    """The flags every bundle workflow command shares (each one a bundle override; ``--set`` for any other)."""
+    parser.add_argument("--bundle", default="bundles/mskd_synapse", help="bundle folder")
+    parser.add_argument("--dataset-dir", default=None, help="the data (default: the bundle's dataset_dir)")
+    parser.add_argument(
+        "--data-format", default=None, help="layout of --dataset-dir: msd (default), synapse_npz, btcv, kits19"
+    )
+    parser.add_argument("--teacher", default=None, help="teacher network name (the bundle's default: transunet)")
+    parser.add_argument("--student", default=None, help="student network name (the bundle's default: tiny_unet)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (part of the run name)")
+    parser.add_argument(
+        "--output-dir",
+        default=None,
+        help="MLflow store, artefacts and executed configs; checkpoints in its models/ (default: the bundle's "
+        "output/ and models/)",
+    )
+    parser.add_argument(
+        "--set",
+        type=_assignment,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other bundle override, repeatable; VALUE is read as JSON, else as a string "
+        '(--set image_size=96 --set mlflow=false --set \'tracking_tags_extra={"experiment": "a"}\')',
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``mskd`` (one sub-command per use case)."""
+    """The argument parser of ``mskd`` (one sub-command per use case, each ``--help`` ending with an example)."""
+    from mskd.workflows import STACKS
+
     debug_help = "show full tracebacks instead of one-line errors (the same as MSKD_DEBUG=1)"
     parser = argparse.ArgumentParser(prog="mskd", description=__doc__)
     parser.add_argument("--debug", action="store_true", help=debug_help)
@@ -68,11 +174,22 @@ def build_parser() -> argparse.ArgumentParser:
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    phantom = commands.add_parser(
+    def command(name: str, func: Any, summary: str, example: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            parents=[debug],
+            help=summary,
+            epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,  # the example stays one line, to copy
+        )
+        sub.set_defaults(func=func)
+        return sub
+
+    phantom = command(
         "phantom",
-        parents=[debug],
-        help="write synthetic abdominal CT phantoms (NIfTI + dataset.json)",
-        epilog="example: mskd phantom --task synapse --out data/phantom --cases 16 --seed 0 --size 96 96 48",
+        _phantom,
+        "write synthetic abdominal CT phantoms (NIfTI + dataset.json)",
+        "mskd phantom --task synapse --out data/phantom --cases 16 --seed 0 --size 96 96 48",
     )
     phantom.add_argument("--task", default="synapse", choices=["synapse", "kits"], help="label set")
     phantom.add_argument("--out", required=True, help="output folder (created)")
@@ -84,40 +201,82 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument(
         "--fov-jitter", type=float, default=0.15, help="per-case field of view varies by up to this fraction"
     )
-    phantom.set_defaults(func=_phantom)
 
-    demo = commands.add_parser(
+    cpu = "--dataset-dir data/phantom --teacher unet --student tiny_unet --set image_size=96"
+    for name, method, what in (
+        ("train-teacher", "teacher", "train the teacher"),
+        ("train-student", "baseline", "train the student alone (the baseline)"),
+        ("distill", "mskd", "distil the trained teacher into the student (KD + FFD + RGD)"),
+    ):
+        train = command(
+            name, _train, f"{what}: the bundle's {' + '.join(STACKS[method])}", f"mskd {name} {cpu} --epochs 40"
+        )
+        _add_workflow_args(train)
+        train.add_argument("--epochs", type=int, default=None, help="training epochs (the bundle's max_epochs)")
+        train.set_defaults(method=method)
+
+    evaluate = command(
+        "evaluate",
+        _evaluate,
+        "score a trained model on the test cases, per organ (its training stack + evaluate.json)",
+        f"mskd evaluate --method mskd {cpu}",
+    )
+    evaluate.add_argument(
+        "--method",
+        default="mskd",
+        choices=list(STACKS),
+        help="the teacher, the student trained alone (baseline), or the distilled student (mskd, the default)",
+    )
+    _add_workflow_args(evaluate)
+
+    experiment = command(
+        "experiment",
+        _experiment,
+        "run (or resume) a matrix of teacher/student/method/seed runs from a YAML file, then tabulate it",
+        "mskd experiment matrix.yaml --workdir experiments/matrix --dry-run",
+    )
+    experiment.add_argument("config", help="the experiment YAML file")
+    experiment.add_argument("--workdir", default=None, help="data, checkpoints, logs and the MLflow store")
+    experiment.add_argument("--dry-run", action="store_true", help="list the planned runs; train nothing")
+
+    bench = command(
+        "bench",
+        _bench,
+        "run the performance benchmarks of a repository clone (benchmarks/<name>.py; results go to docs/)",
+        "mskd bench networks losses --quick",
+    )
+    bench.add_argument("names", nargs="*", metavar="NAME", help=f"any of {', '.join(BENCHMARKS)} (default: all)")
+    bench.add_argument("--quick", action="store_true", help="fewer sizes and repeats (a smoke test, not results)")
+
+    demo = command(
         "demo",
-        parents=[debug],
-        help="phantoms -> teacher -> student baseline -> distilled student -> evaluation table",
-        epilog="example: mskd demo --workdir demo",
+        _demo,
+        "phantoms -> teacher -> student baseline -> distilled student -> evaluation table",
+        "mskd demo --workdir demo",
     )
     demo.add_argument("--workdir", default="demo", help="where data, checkpoints and the MLflow store go")
     demo.add_argument("--bundle", default="bundles/mskd_synapse", help="bundle folder")
     demo.add_argument("--quick", action="store_true", help="tiny sizes and one epoch (a smoke test, not results)")
-    demo.set_defaults(func=_demo)
 
-    predict = commands.add_parser(
+    predict = command(
         "predict",
-        parents=[debug],
-        help="segment NIfTI files or DICOM series with a bundle's student (labels on the input's grid)",
-        epilog="example: mskd predict --bundle bundles/mskd_synapse --input CT.nii.gz --output predictions",
+        _predict,
+        "segment NIfTI files or DICOM series with a bundle's student (labels on the input's grid)",
+        "mskd predict --bundle bundles/mskd_synapse --input CT.nii.gz --output predictions",
     )
     predict.add_argument("--input", required=True, help="a NIfTI file, a folder of them, or DICOM series folder(s)")
     predict.add_argument("--output", required=True, help="folder for the <name>_seg.nii.gz label maps")
     _add_student_args(predict)
-    predict.set_defaults(func=_predict)
 
-    export = commands.add_parser(
+    export = command(
         "export",
-        parents=[debug],
-        help="export a bundle's student to ONNX or TorchScript, checked against the eager network",
-        epilog="example: mskd export --format onnx --bundle bundles/mskd_synapse --out student.onnx",
+        _export,
+        "export a bundle's student to ONNX or TorchScript, checked against the eager network",
+        "mskd export --format onnx --bundle bundles/mskd_synapse --out student.onnx",
     )
     export.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
     export.add_argument("--out", default=None, help="output file (default: BUNDLE/models/model.onnx or model.ts)")
     _add_student_args(export)
-    export.set_defaults(func=_export)
     return parser
 
 
@@ -125,7 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``mskd``; returns the exit status (1 with a one-line message on a known error).
 
     Problems found by the up-front checks (:mod:`mskd.validation`) are listed, one line each, and exit with status
-    2. ``--debug`` (or ``MSKD_DEBUG=1``) raises every error with its traceback instead.
+    2, as do command lines that cannot be run (argparse's usage errors, and ``mskd bench`` outside a clone).
+    ``--debug`` (or ``MSKD_DEBUG=1``) raises every error with its traceback instead.
     """
     from mskd.validation import DEBUG_ENV, debug_enabled
 
@@ -136,6 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ[DEBUG_ENV] = "1"  # seen by the checks of the bundles run in this process
     try:
         args.func(args)
+    except UsageError as e:
+        print(f"mskd {args.command}: error: {e}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
         if debug:
             raise

@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mskd.workflows import STACKS
+
 __all__ = ["DemoSettings", "DEMO", "QUICK", "run_demo", "format_table"]
 
 
@@ -52,25 +54,6 @@ QUICK = DemoSettings(
     batch_size=2,
     slices_per_volume=2,
 )
-
-# run label (the bundle's `method`) -> config files stacked on the bundle's base (the same stacks a user types)
-STACKS = {
-    "teacher": ["train_teacher.json"],
-    "baseline": ["train_teacher.json", "train_student.json"],
-    "mskd": ["train_teacher.json", "distill.json"],
-}
-
-
-def _run_bundle(bundle: Path, files: list[str], **overrides: object) -> None:
-    from monai.bundle import run
-
-    run(
-        config_file=[str(bundle / "configs" / f) for f in files],
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
-        bundle_root=str(bundle),
-        **overrides,
-    )
 
 
 def format_table(rows: dict[str, dict[str, float]], organs: list[str]) -> str:
@@ -130,11 +113,10 @@ def run_demo(
     from mskd.data.phantom import generate_phantom_dataset
     from mskd.io import atomic_open
     from mskd.tracking import tracking_uri
+    from mskd.workflows import bundle_folder, evaluate, train
 
     settings = QUICK if quick else DEMO
-    workdir, bundle = Path(workdir).resolve(), Path(bundle).resolve()
-    if not (bundle / "configs" / "train_teacher.json").is_file():
-        raise FileNotFoundError(f"{bundle} is not an mskd bundle (no configs/train_teacher.json); pass --bundle")
+    workdir, bundle = Path(workdir).resolve(), bundle_folder(bundle)
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -164,14 +146,14 @@ def run_demo(
         "slices_per_volume": settings.slices_per_volume,
         "learning_rate": settings.learning_rate,
     }
-    for label, files in STACKS.items():
+    for label in STACKS:
         epochs = settings.teacher_epochs if label == "teacher" else settings.student_epochs
         t0 = time.perf_counter()
-        _run_bundle(bundle, files, max_epochs=epochs, **common)
+        train(bundle, label, max_epochs=epochs, **common)
         timings[f"train {label}"] = time.perf_counter() - t0
-    for label, files in STACKS.items():
+    for label in STACKS:
         t0 = time.perf_counter()
-        _run_bundle(bundle, [*files, "evaluate.json"], **common)
+        evaluate(bundle, label, **common)
         timings[f"evaluate {label}"] = time.perf_counter() - t0
 
     organs = organ_names("synapse")

@@ -7,6 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
+from monai.bundle import ConfigParser
 
 from mskd.data.phantom import generate_phantom_dataset
 from mskd.networks import get_network, load_weights
@@ -67,6 +69,74 @@ def test_teacher_and_distillation_runs_are_tracked(trained):
     csvs = {"tiny_unet_from_unet-mskd-s0-test_metrics.csv", "tiny_unet_from_unet-mskd-s0-test_metrics_summary.csv"}
     assert csvs <= {a.path for a in client.list_artifacts(test.info.run_id)}
     assert (root / "models" / "model.pt").is_file()
+
+
+def test_dashboard_artefacts_and_tags_are_logged(trained):
+    """The dashboard handlers as the configs wire them: training and evaluation artefacts, tags, the shared view."""
+    root, _ = trained
+    client, runs = mlflow_runs(root, "mskd_synapse")
+    student, test = runs["tiny_unet_from_unet-mskd-s0"], runs["tiny_unet_from_unet-mskd-s0-test"]
+    artifacts = {a.path for a in client.list_artifacts(student.info.run_id)}
+    assert {"overlays", "curves", "model_summary.txt"} <= artifacts
+    assert [a.path for a in client.list_artifacts(student.info.run_id, "overlays")] == ["overlays/epoch_001.png"]
+    assert {"params_total", "params_trainable", "gflops"} <= set(student.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(test.info.run_id)}
+    assert {"evaluation", "overlays"} <= artifacts
+    assert [a.path for a in client.list_artifacts(test.info.run_id, "evaluation")] == ["evaluation/test_metrics.png"]
+    expected = {"task": "synapse", "method": "mskd", "teacher": "unet", "student": "tiny_unet", "seed": "0"}
+    for run in (student, test):
+        assert {k: run.data.tags.get(k) for k in expected} == expected
+    assert runs["unet-teacher-s0"].data.tags["role"] == "teacher" and "student" not in runs["unet-teacher-s0"].data.tags
+    view = json.loads(client.get_experiment_by_name("mskd_synapse").tags["mlflow.sharedViewState.mskd"])
+    assert "metrics.`test_mean_dice`" in view["selectedColumns"] and "tags.`method`" in view["selectedColumns"]
+    overlay = root / "output" / "artefacts" / "tiny_unet_from_unet-mskd-s0-test" / "test_cases.png"
+    assert overlay.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+DASHBOARD = {
+    "train#handlers": {
+        "mskd.handlers.RunTagsHandler",
+        "mskd.handlers.ModelSummaryHandler",
+        "mskd.handlers.LearningCurvesHandler",
+    },
+    "validate#handlers": {"mskd.handlers.OverlayHandler"},
+}
+
+
+@pytest.mark.parametrize(
+    "stack",
+    [("train_teacher.json",), ("train_teacher.json", "train_student.json"), ("train_teacher.json", "distill.json")],
+)
+def test_training_handlers_keep_their_positions(stack):
+    """``TrainingCheckpoint`` comes last (its epoch-end save follows validation and the LR step) and refers to the
+    best-model saver as ``validate#handlers#2``; the dashboard handlers follow the bundle's run, off without one."""
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / f) for f in stack])
+    for key, targets in DASHBOARD.items():
+        handlers = {h["_target_"]: h for h in parser[key]}
+        assert targets <= set(handlers)
+        for target in targets:
+            assert handlers[target]["_disabled_"] == "$@tracking_run_id is None"
+            assert handlers[target]["run_id"] == "@tracking_run_id"
+    train = parser["train#handlers"]
+    assert train[-1]["_target_"] == "mskd.handlers.TrainingCheckpoint"
+    assert train[-1]["save_dict"]["best_checkpoint"] == "@validate#handlers#2"
+    assert parser["validate#handlers#2#_target_"] == "mskd.handlers.CheckpointSaver"
+    assert parser["validate#handlers"][-1]["_target_"] == "mskd.handlers.OverlayHandler"
+    assert parser["overlay_teacher"] == ("@teacher_network" if "distill.json" in stack else None)
+    assert (parser["tracking_tags#teacher"] is None) == ("train_student.json" in stack)  # the baseline has none
+
+
+def test_evaluation_handlers_draw_and_tag_the_test_run():
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / f) for f in ("train_teacher.json", "distill.json", "evaluate.json")])
+    handlers = {h["_target_"]: h for h in parser["validate#handlers"] if isinstance(h, dict)}
+    for target in ("MetricBarsHandler", "RunTagsHandler", "OverlayHandler"):
+        assert handlers[f"mskd.handlers.{target}"]["_disabled_"] == "$@tracking_run_id is None"
+    assert handlers["mskd.handlers.MetricBarsHandler"]["volume_metrics"] == "@validate#volume_metrics"
+    assert handlers["mskd.handlers.OverlayHandler"]["teacher"] == "@overlay_teacher"
+    artifacts = handlers["mskd.handlers.MLFlowHandler"]["artifacts"]
+    assert "@validate#volume_metrics.csv_path" in artifacts and "@validate#volume_metrics.summary_path" in artifacts
 
 
 def test_inference_writes_labels_on_the_input_grid(trained, tmp_path):
@@ -209,6 +279,56 @@ def test_cli_predict_and_export_wrap_the_bundle(trained, tmp_path, capsys):
     assert nib.load(written).shape == nib.load(image).shape
     assert main(["export", "--format", "onnx", "--out", str(tmp_path / "student.onnx"), *argv]) == 0
     assert "max |export - eager|" in capsys.readouterr().out and (tmp_path / "student.onnx").is_file()
+
+
+def test_cli_trains_distils_and_evaluates_through_the_bundle(workspace, tmp_path, capsys, monkeypatch):
+    """``mskd train-teacher``, ``distill`` and ``evaluate``: the bundle's stacks in-process, a summary table each."""
+    from mskd.cli import main
+
+    root, _ = workspace
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tiny = dict(zip(TINY[::2], TINY[1::2], strict=True))
+    epochs = tiny.pop("--max_epochs")
+    argv = ["--dataset-dir", str(root / "data"), "--output-dir", str(tmp_path), "--teacher", "unet", "--seed", "0"]
+    argv += [arg for key, value in tiny.items() for arg in ("--set", f"{key[2:]}={value}")]
+    assert main(["train-teacher", *argv, "--epochs", epochs]) == 0
+    out = capsys.readouterr().out
+    assert "unet-teacher-s0:" in out and "best val_mean_dice" in out and "(epoch 1)" in out
+    assert f"checkpoint            {tmp_path / 'models' / 'unet-teacher-s0.pt'}" in out
+    assert main(["distill", *argv, "--epochs", epochs, "--set", 'tracking_tags_extra={"experiment": "cli"}']) == 0
+    assert "final loss (epoch 1)  loss " in capsys.readouterr().out
+    assert main(["evaluate", "--method", "mskd", *argv]) == 0
+    table = capsys.readouterr().out
+    assert "tiny_unet_from_unet-mskd-s0-test on 1 test case(s):" in table
+    assert all(organ in table for organ in ("spleen", "pancreas", "mean", "per-case CSV", "MLflow run"))
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    [distilled] = client.search_runs(
+        [client.get_experiment_by_name("mskd_synapse").experiment_id],
+        filter_string="attributes.run_name = 'tiny_unet_from_unet-mskd-s0'",
+    )
+    assert distilled.data.tags["experiment"] == "cli" and distilled.data.params["max_epochs"] == "1"
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_cli_refuses_bad_input_before_training(debug, tmp_path, capsys, monkeypatch):
+    """Bad input: the problems, one line each, exit status 2; with ``--debug`` the exception and its traceback."""
+    from mskd.cli import main
+    from mskd.validation import ValidationError
+
+    monkeypatch.delenv("MSKD_DEBUG", raising=False)
+    argv = ["train-teacher", "--dataset-dir", str(tmp_path / "none"), "--output-dir", str(tmp_path / "out")]
+    message = f"dataset_dir: dataset folder not found: {tmp_path / 'none'}"
+    if debug:  # MONAI wraps what a config expression raises: the problems are the cause
+        with pytest.raises(RuntimeError) as raised:
+            main(["--debug", *argv])
+        assert isinstance(raised.value.__cause__, ValidationError) and message in str(raised.value.__cause__)
+    else:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_predict_refuses_a_missing_checkpoint_and_input_before_running(tmp_path, capsys, monkeypatch):

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.nn as nn
+from monai.bundle import ConfigParser
 from monai.losses import DiceCELoss
 
 from mskd.losses import (
+    ChannelWiseDistillationLoss,
     DistillationLoss,
     FeatureFilteringDistillationLoss,
+    ImportanceMapDistillationLoss,
+    IntraClassFeatureVariationLoss,
     LogitDistillationLoss,
+    PairwiseSimilarityDistillationLoss,
+    RegionAffinityDistillationLoss,
     RegionGraphDistillationLoss,
 )
 
@@ -120,16 +127,18 @@ def test_no_terms() -> None:
     assert composite.weights == {} and composite.required_stages == ()
 
 
-def test_zero_weight_warns_and_is_not_computed() -> None:
+def test_zero_weight_is_dropped_silently() -> None:
+    # a baseline left at its config default (weight 0) is neither computed nor reported, and does not warn
     def never(*args: torch.Tensor) -> torch.Tensor:
         raise AssertionError("a zero-weight term must not be computed")
 
     terms = _mskd_terms()
     terms["off"] = {"loss": never, "weight": 0, "stages": ["unused"]}
-    with pytest.warns(UserWarning, match="'off' has weight 0 and does nothing") as record:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         composite = DistillationLoss(_seg_loss(), terms)
-    assert record[0].filename == __file__  # stacklevel=2 points at the caller
     assert "off" not in composite.weights and "unused" not in composite.required_stages
+    assert "off" not in composite.term_losses
     out = composite(**_inputs())
     assert "off" not in out
 
@@ -138,6 +147,100 @@ def test_no_warning_for_positive_weights() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         DistillationLoss(_seg_loss(), _mskd_terms())
+
+
+def _constant(value: float):
+    def loss(*args: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(value)
+
+    return loss
+
+
+@pytest.mark.parametrize(
+    ("iteration", "ramp"),
+    [(None, 1.0), (0, 0.0), (1, 0.25), (2, 0.5), (3, 0.75), (4, 1.0), (5, 1.0), (1000, 1.0)],
+)
+def test_warmup_ramp(iteration: int | None, ramp: float) -> None:
+    # seg 0.5 (never scaled); terms 1.0 x weight 0.5 and 0.25 x weight 2.0: distillation 1.0 at full weight
+    composite = DistillationLoss(
+        lambda s, y: torch.tensor(0.5),
+        {"a": {"loss": _constant(1.0), "weight": 0.5}, "b": {"loss": _constant(0.25), "weight": 2.0, "stages": ["x"]}},
+        warmup_iterations=4,
+    )
+    x = _inputs()
+    assert composite.warmup_factor(iteration) == ramp
+    out = composite(
+        x["student_logits"],
+        x["teacher_logits"],
+        x["target"],
+        {"x": x["target"]},
+        {"x": x["target"]},
+        iteration=iteration,
+    )
+    assert out["loss"].item() == 0.5 + ramp * 1.0
+    assert out["seg"].item() == 0.5 and out["a"].item() == 1.0 and out["b"].item() == 0.25  # values stay unweighted
+
+
+@pytest.mark.parametrize("iteration", [None, 0, 1, 10**6])
+def test_no_warmup_by_default(iteration: int | None) -> None:
+    composite = DistillationLoss(lambda s, y: torch.tensor(0.5), {"a": {"loss": _constant(1.0), "weight": 0.5}})
+    assert composite.warmup_iterations == 0 and composite.warmup_factor(iteration) == 1.0
+    x = _inputs()
+    out = composite(x["student_logits"], x["teacher_logits"], x["target"], iteration=iteration)
+    assert out["loss"].item() == 1.0
+
+
+def test_warmup_scales_student_gradients_of_the_terms_only() -> None:
+    # at ramp 1/2 the gradient of the distillation part is half the gradient at full weight
+    x = _inputs(requires_grad=True)
+    terms = {"kd": {"loss": LogitDistillationLoss(), "weight": 1.0}}
+    no_seg = DistillationLoss(lambda s, y: s.sum() * 0, terms, warmup_iterations=10)
+    no_seg(x["student_logits"], x["teacher_logits"], x["target"], iteration=10)["loss"].backward()
+    full = x["student_logits"].grad.clone()
+    x["student_logits"].grad = None
+    no_seg(x["student_logits"], x["teacher_logits"], x["target"], iteration=5)["loss"].backward()
+    torch.testing.assert_close(x["student_logits"].grad, full / 2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"warmup_iterations": -1}, ValueError, "warmup_iterations must be >= 0, got -1"),
+        ({"warmup_iterations": 2.5}, TypeError, "2.5"),
+        ({"warmup_iterations": True}, TypeError, "True"),
+    ],
+)
+def test_warmup_argument_errors(kwargs: dict, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        DistillationLoss(_seg_loss(), _mskd_terms(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("iteration", "error", "match"),
+    [(-1, ValueError, "iteration must be >= 0, got -1"), (1.5, TypeError, "iteration must be an integer, got 1.5")],
+)
+def test_bad_iteration(iteration: object, error: type[Exception], match: str) -> None:
+    x = _inputs()
+    composite = DistillationLoss(_seg_loss(), _mskd_terms(), warmup_iterations=10)
+    with pytest.raises(error, match=match):
+        composite(**x, iteration=iteration)
+
+
+def test_baselines_as_terms() -> None:
+    # every baseline runs inside the composite on tapped features of different widths (CWD on the logits)
+    terms = {
+        "imd": {"loss": ImportanceMapDistillationLoss(), "weight": 1.0, "stages": ["low", "high"]},
+        "rad": {"loss": RegionAffinityDistillationLoss(), "weight": 1.0, "stages": ["low", "high"]},
+        "cwd": {"loss": ChannelWiseDistillationLoss(), "weight": 1.0},
+        "ifvd": {"loss": IntraClassFeatureVariationLoss(), "weight": 1.0, "stages": ["high"]},
+        "skd": {"loss": PairwiseSimilarityDistillationLoss(), "weight": 1.0, "stages": ["low"]},
+    }
+    x = _inputs(requires_grad=True)
+    out = DistillationLoss(_seg_loss(), terms)(**x)
+    assert list(out) == ["loss", "seg", *terms]
+    assert all(torch.isfinite(v) and v.ndim == 0 for v in out.values())
+    out["loss"].backward()
+    assert x["teacher_logits"].grad is None and all(f.grad is None for f in x["teacher_features"].values())
 
 
 @pytest.mark.parametrize(
@@ -230,3 +333,62 @@ def test_half_precision_inputs_under_autocast_match_float32() -> None:
     for name in ("kd", "ffd", "rgd"):
         assert out[name].dtype == torch.float32
         torch.testing.assert_close(out[name], expected[name])
+
+
+BUNDLE_CONFIGS = Path(__file__).resolve().parents[2] / "bundles" / "mskd_synapse" / "configs"
+BASELINES = {
+    "imd": ImportanceMapDistillationLoss,
+    "rad": RegionAffinityDistillationLoss,
+    "cwd": ChannelWiseDistillationLoss,
+    "ifvd": IntraClassFeatureVariationLoss,
+    "skd": PairwiseSimilarityDistillationLoss,
+}
+
+
+def _bundle_loss(**overrides: Any) -> DistillationLoss:
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE_CONFIGS / "train_teacher.json"), str(BUNDLE_CONFIGS / "distill.json")])
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser.get_parsed_content("loss")
+
+
+def test_bundle_defaults_keep_the_mskd_terms_and_switch_the_baselines_off() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        loss = _bundle_loss()
+    assert loss.weights == {"kd": 0.1, "ffd": 0.9, "rgd": 0.9} and loss.warmup_iterations == 0
+    kd, ffd, rgd = (loss.term_losses[name] for name in ("kd", "ffd", "rgd"))
+    assert (kd.temperature, kd.class_balanced, kd.filter_band_radius, kd.filter_teacher_errors) == (
+        4.0,
+        False,
+        None,
+        False,
+    )
+    assert (ffd.band_radius, ffd.filter_teacher_errors, ffd.prototype_weight) == (4, True, 0.0)
+    assert (rgd.order, rgd.subregions) == (2, 1)
+
+
+def test_bundle_options_reach_the_losses() -> None:
+    loss = _bundle_loss(
+        kd_class_balanced="true",  # as a command line passes it
+        kd_filter_band_radius=2,
+        kd_filter_teacher_errors=True,
+        ffd_filter_teacher_errors="false",
+        ffd_prototype_weight=0.5,
+        rgd_subregions=2,
+        distill_warmup_iterations=100,
+        imd_power=2.0,
+        cwd_temperature=1.0,
+        skd_pool_size=4,
+        **{f"{name}_weight": 0.3 for name in BASELINES},
+    )
+    assert loss.weights == {"kd": 0.1, "ffd": 0.9, "rgd": 0.9, **{name: 0.3 for name in BASELINES}}
+    assert loss.warmup_iterations == 100
+    assert {name: type(loss.term_losses[name]) for name in BASELINES} == BASELINES
+    kd, ffd, rgd = (loss.term_losses[name] for name in ("kd", "ffd", "rgd"))
+    assert (kd.class_balanced, kd.filter_band_radius, kd.filter_teacher_errors) == (True, 2, True)
+    assert (ffd.filter_teacher_errors, ffd.prototype_weight, rgd.subregions) == (False, 0.5, 2)
+    assert loss.term_losses["imd"].power == 2.0 and loss.term_losses["cwd"].temperature == 1.0
+    assert loss.term_losses["skd"].pool_size == 4
+    assert loss.required_stages == ("high", "low")

@@ -78,6 +78,44 @@ def test_teacher_wrong_on_the_whole_organ_gives_zero() -> None:
     assert value.item() == 0.0
 
 
+def _prototype_inputs() -> tuple[torch.Tensor, ...]:
+    """B=1, K=2, two channels, 2x2; class 1 at (0, 0), background elsewhere; the teacher is right everywhere.
+
+    Teacher pixel vectors (row-major) (1, 0), (0, 1), (0, 1), (1, 0); the student has the two channels swapped, so
+    the channel-agnostic maps coincide (both channels have GAP 1/2, A = (F_0 + F_1) / 2 = 1/2 everywhere) and only
+    the prototype term is non-zero:
+    class 1: v^T = (1, 0), v^S = (0, 1) -> ||unit difference||^2 = 2;
+    background (all 3 pixels kept): v^T ∝ (1, 2), v^S ∝ (2, 1) -> ((1 - 2)^2 + (2 - 1)^2) / 5 = 2/5.
+    """
+    teacher = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]]).unsqueeze(0)
+    student = teacher.flip(1)
+    target = torch.tensor([[1, 0], [0, 0]]).view(1, 1, 2, 2)
+    teacher_logits = torch.cat([target == 0, target == 1], dim=1).float()
+    return student, teacher, target, teacher_logits
+
+
+@pytest.mark.parametrize(
+    ("band_radius", "prototype_weight", "expected"),
+    [
+        # r=1: M = all pixels, both regions present: λ (2 + 2/5) / 2
+        (1, 1.0, 1.2),
+        (1, 0.5, 0.6),
+        # r=0: M = the organ only, one region: λ * 2
+        (0, 0.5, 1.0),
+        (1, 0.0, 0.0),
+    ],
+)
+def test_prototype_term_hand_computed(band_radius: int, prototype_weight: float, expected: float) -> None:
+    loss = FeatureFilteringDistillationLoss(band_radius=band_radius, prototype_weight=prototype_weight)
+    torch.testing.assert_close(loss(*_prototype_inputs()), torch.tensor(expected))
+
+
+def test_prototype_term_needs_equal_channels() -> None:
+    student, teacher, target, teacher_logits = _random_inputs(c_s=4, c_t=6)
+    with pytest.raises(ValueError, match=r"needs equal channel counts.*\(2, 4, 4, 4\).*\(2, 6, 8, 8\)"):
+        FeatureFilteringDistillationLoss(prototype_weight=0.1)(student, teacher, target, teacher_logits)
+
+
 def _random_inputs(
     batch: int = 2, classes: int = 3, c_s: int = 4, c_t: int = 6, size_s: int = 4, size_t: int = 8, size: int = 8
 ) -> tuple[torch.Tensor, ...]:
@@ -172,6 +210,8 @@ def test_reductions() -> None:
         ({"band_radius": -1}, ValueError, "-1"),
         ({"band_radius": 1.5}, TypeError, "1.5"),
         ({"filter_teacher_errors": "yes"}, TypeError, "yes"),
+        ({"prototype_weight": -0.5}, ValueError, "prototype_weight must be finite and >= 0.0, got -0.5"),
+        ({"prototype_weight": "0.5"}, TypeError, "'0.5'"),
         ({"eps": 0.0}, ValueError, "0.0"),
         ({"eps": -1e-8}, ValueError, "-1e-08"),
         ({"reduction": "avg"}, ValueError, "avg"),
@@ -199,3 +239,14 @@ def test_golden(kwargs: dict, expected: float) -> None:
     teacher_logits = torch.randn(2, 3, 8, 8)
     value = FeatureFilteringDistillationLoss(**kwargs)(student, teacher, target, teacher_logits)
     assert value.item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_golden_with_prototypes() -> None:
+    # golden value: computed once with this implementation (after the hand-computed tests passed)
+    torch.manual_seed(0)
+    student = torch.randn(2, 6, 4, 4)
+    teacher = torch.randn(2, 6, 8, 8)
+    target = torch.randint(0, 3, (2, 1, 8, 8))
+    teacher_logits = torch.randn(2, 3, 8, 8)
+    value = FeatureFilteringDistillationLoss(prototype_weight=0.5)(student, teacher, target, teacher_logits)
+    assert value.item() == pytest.approx(1.46871030, abs=1e-5)

@@ -44,6 +44,64 @@ def test_hand_computed(temperature: float, class_balanced: bool, expected: float
     torch.testing.assert_close(loss(student, teacher, target, teacher), torch.tensor(expected))
 
 
+def _filter_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """B=1, K=2, 2x2, T=1; ground truth class 1 at (0, 0), background elsewhere; student logits 0 everywhere.
+
+    Teacher logits (0, ln 3) at (0, 0) (right: predicts class 1) and at (1, 1) (wrong: the label is background),
+    (0, 0) elsewhere (right: ties go to class 0). At the two pixels p_T = (1/4, 3/4), p_S = (1/2, 1/2):
+    KL = 1/4 ln(1/2) + 3/4 ln(3/2) = κ; 0 elsewhere.
+    """
+    teacher = torch.zeros(1, 2, 2, 2)
+    teacher[0, 1, 0, 0] = teacher[0, 1, 1, 1] = math.log(3.0)
+    target = torch.zeros(1, 1, 2, 2)
+    target[0, 0, 0, 0] = 1
+    return torch.zeros(1, 2, 2, 2), teacher, target
+
+
+KAPPA = 0.25 * math.log(0.5) + 0.75 * math.log(1.5)
+
+
+@pytest.mark.parametrize(
+    ("class_balanced", "band_radius", "filter_errors", "expected"),
+    [
+        # plain, no filter: 2 κ / 4 pixels; a band of 1 covers the whole 2x2 map: same
+        (False, None, False, KAPPA / 2),
+        (False, 1, False, KAPPA / 2),
+        # teacher errors dropped: M = {(0,0), (0,1), (1,0)}, κ / 3
+        (False, None, True, KAPPA / 3),
+        # band 0: M = the organ {(0,0)}, κ / 1 (with or without the error filter: the teacher is right there)
+        (False, 0, False, KAPPA),
+        (False, 0, True, KAPPA),
+        # balanced, no filter: class 1 weight 1/2 at (0,0), background 1/6 per pixel: κ/2 + κ/6
+        (True, None, False, KAPPA / 2 + KAPPA / 6),
+        # balanced, teacher errors dropped: (1,1) leaves the background region, κ at (0,0) weighted 1/2
+        (True, None, True, KAPPA / 2),
+        # balanced, band 0: only class 1 present, weight 1
+        (True, 0, False, KAPPA),
+    ],
+)
+def test_filter_hand_computed(
+    class_balanced: bool, band_radius: int | None, filter_errors: bool, expected: float
+) -> None:
+    student, teacher, target = _filter_inputs()
+    loss = LogitDistillationLoss(
+        temperature=1.0,
+        class_balanced=class_balanced,
+        filter_band_radius=band_radius,
+        filter_teacher_errors=filter_errors,
+    )
+    torch.testing.assert_close(loss(student, teacher, target, teacher), torch.tensor(expected))
+
+
+@pytest.mark.parametrize("class_balanced", [False, True])
+def test_filter_empty_mask_gives_zero(class_balanced: bool) -> None:
+    # no organ and a band of 0: nothing is kept
+    student, teacher, _ = _filter_inputs()
+    loss = LogitDistillationLoss(class_balanced=class_balanced, filter_band_radius=0, reduction="none")
+    value = loss(student, teacher, torch.zeros(1, 1, 2, 2), teacher)
+    assert torch.equal(value, torch.zeros(1))
+
+
 def _random_inputs(batch: int = 2, classes: int = 3, size: int = 8) -> tuple[torch.Tensor, ...]:
     student = torch.randn(batch, classes, size, size)
     teacher = torch.randn(batch, classes, size, size)
@@ -119,6 +177,9 @@ def test_logits_must_match_teacher_logits_classes() -> None:
         ({"temperature": float("nan")}, ValueError, "nan"),
         ({"temperature": "4"}, TypeError, "'4'"),
         ({"class_balanced": 1}, TypeError, "1"),
+        ({"filter_teacher_errors": "no"}, TypeError, "filter_teacher_errors must be a bool, got 'no'"),
+        ({"filter_band_radius": -1}, ValueError, "filter_band_radius must be >= 0, got -1"),
+        ({"filter_band_radius": 1.0}, TypeError, "1.0"),
         ({"reduction": "avg"}, ValueError, "avg"),
     ],
 )
@@ -160,17 +221,19 @@ def test_base_class_is_abstract() -> None:
 
 
 @pytest.mark.parametrize(
-    ("class_balanced", "expected"),
+    ("kwargs", "expected"),
     [
         # golden values: computed once with this implementation (after the hand-computed tests passed)
-        (False, 0.71321970),
-        (True, 0.72243506),
+        ({"class_balanced": False}, 0.71321970),
+        ({"class_balanced": True}, 0.72243506),
+        ({"filter_band_radius": 1, "filter_teacher_errors": True}, 0.61523330),
+        ({"class_balanced": True, "filter_band_radius": 1, "filter_teacher_errors": True}, 0.59077233),
     ],
 )
-def test_golden(class_balanced: bool, expected: float) -> None:
+def test_golden(kwargs: dict, expected: float) -> None:
     torch.manual_seed(0)
     student = torch.randn(2, 3, 8, 8)
     teacher = torch.randn(2, 3, 8, 8)
     target = torch.randint(0, 3, (2, 1, 8, 8))
-    value = LogitDistillationLoss(temperature=4.0, class_balanced=class_balanced)(student, teacher, target, teacher)
+    value = LogitDistillationLoss(temperature=4.0, **kwargs)(student, teacher, target, teacher)
     assert value.item() == pytest.approx(expected, abs=1e-5)

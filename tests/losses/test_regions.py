@@ -7,12 +7,15 @@ import torch
 
 from mskd.losses.regions import (
     check_labels,
+    class_prototypes,
     common_size,
     dilate_mask,
+    distillation_filter,
     one_hot_labels,
     region_balanced_weights,
     resize_features,
     resize_labels,
+    resize_to_common_size,
     teacher_prediction,
 )
 
@@ -141,3 +144,44 @@ def test_one_hot_labels() -> None:
 def test_check_labels_errors(labels: torch.Tensor, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         check_labels(labels.view(1, 1, 1, 2), 3)
+
+
+def _filter_case() -> tuple[torch.Tensor, torch.Tensor]:
+    """1x1x1x5 labels [0, 0, 0, 1, 0]; the teacher predicts [0, 1, 0, 1, 1] (wrong at columns 1 and 4)."""
+    labels = torch.tensor([0, 0, 0, 1, 0]).view(1, 1, 1, 5)
+    logits = one_hot_labels(torch.tensor([0, 1, 0, 1, 1]).view(1, 1, 1, 5), 2)
+    return labels, logits
+
+
+@pytest.mark.parametrize(
+    ("band_radius", "filter_errors", "expected"),
+    [
+        (None, False, None),  # no filter at all
+        (None, True, [1, 0, 1, 1, 0]),  # teacher right
+        (0, False, [0, 0, 0, 1, 0]),  # organ only
+        (1, False, [0, 0, 1, 1, 1]),  # organ and a band of 1
+        (1, True, [0, 0, 1, 1, 0]),  # both
+    ],
+)
+def test_distillation_filter(band_radius: int | None, filter_errors: bool, expected: list[int] | None) -> None:
+    labels, logits = _filter_case()
+    mask = distillation_filter(labels, logits, band_radius, filter_errors)
+    if expected is None:
+        assert mask is None
+    else:
+        assert mask.dtype == torch.bool and torch.equal(mask, torch.tensor(expected, dtype=torch.bool).view(1, 1, 1, 5))
+
+
+def test_class_prototypes_hand() -> None:
+    # one channel [1, 2, 3, 6] over 4 pixels; classes [0, 0, 1, 1], class 2 absent: means 1.5, 4.5 and 0
+    features = torch.tensor([1.0, 2.0, 3.0, 6.0], dtype=torch.float64).view(1, 1, 1, 4)
+    regions = one_hot_labels(torch.tensor([0, 0, 1, 1]).view(1, 1, 1, 4), 3)  # float32 masks
+    prototypes = class_prototypes(features, regions)
+    assert prototypes.shape == (1, 3, 1) and prototypes.dtype == torch.float64
+    torch.testing.assert_close(prototypes[0, :, 0], torch.tensor([1.5, 4.5, 0.0], dtype=torch.float64))
+
+
+def test_resize_to_common_size() -> None:
+    student, teacher = torch.ones(2, 3, 4, 8), torch.ones(2, 5, 8, 4)
+    resized_s, resized_t = resize_to_common_size(student, teacher)
+    assert resized_s.shape == (2, 3, 8, 8) and resized_t.shape == (2, 5, 8, 8)

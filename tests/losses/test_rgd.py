@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from mskd.losses import RegionGraphDistillationLoss
-from mskd.losses.rgd import class_prototypes, normalized_region_graph
+from mskd.losses.regions import class_prototypes
+from mskd.losses.rgd import grid_subregions, normalized_region_graph
 
 C = 1 / math.sqrt(2)  # cosine between (1, 0) and (1, 1)
 
@@ -51,6 +52,34 @@ def test_hand_computed(order: int, classes: int, expected: float) -> None:
     torch.testing.assert_close(value, torch.tensor(expected))
 
 
+def test_subregions_hand_computed() -> None:
+    """``subregions=2`` on the 2x2 hand case: every pixel is its own node, 4 present nodes (order 1).
+
+    Teacher nodes (1,0), (1,0) | (0,1), (0,1): E+ + I = [[2,1,0,0],[1,2,0,0],[0,0,2,1],[0,0,1,2]], D = 3 I.
+    Student nodes (1,0), (1,0) | (1,1), (1,1): E+ + I = [[2,1,c,c],[1,2,c,c],[c,c,2,1],[c,c,1,2]], D = d I, d = 3 + 2c.
+    Differences: diagonal 2/d - 2/3 (4 entries), same-class 1/d - 1/3 (4), cross-class c/d (8); / N_present^2 = 16.
+    """
+    d = 3 + 2 * C
+    expected = (4 * (2 / d - 2 / 3) ** 2 + 4 * (1 / d - 1 / 3) ** 2 + 8 * (C / d) ** 2) / 16
+    value = RegionGraphDistillationLoss(order=1, subregions=2)(*_hand_inputs(2))
+    torch.testing.assert_close(value, torch.tensor(expected))
+    # a grid finer than the map only adds empty (absent) cells
+    torch.testing.assert_close(RegionGraphDistillationLoss(order=1, subregions=3)(*_hand_inputs(2)), value)
+
+
+def test_grid_subregions_hand() -> None:
+    # 3x3 map, 2x2 grid: row/column cell floor(i * 2 / 3) = 0, 0, 1 -> cells [[0, 0, 1], [0, 0, 1], [2, 2, 3]]
+    labels = torch.tensor([[0, 0, 1], [0, 1, 1], [1, 1, 1]]).view(1, 1, 3, 3)
+    nodes = grid_subregions(F.one_hot(labels[:, 0], 2).permute(0, 3, 1, 2).float(), 2)
+    assert nodes.shape == (1, 8, 3, 3)
+    cells = torch.tensor([[0, 0, 1], [0, 0, 1], [2, 2, 3]])
+    for k in range(2):
+        for g in range(4):
+            assert torch.equal(nodes[0, 4 * k + g], ((labels[0, 0] == k) & (cells == g)).float()), (k, g)
+    regions = torch.rand(2, 3, 4, 4)
+    assert grid_subregions(regions, 1) is regions
+
+
 def test_graph_helpers_hand() -> None:
     student, _, target, _ = _hand_inputs(3)
     regions = F.one_hot(target[:, 0], 3).permute(0, 3, 1, 2).float()
@@ -83,10 +112,13 @@ def _zero_cases() -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     ]
 
 
+@pytest.mark.parametrize("subregions", [1, 3])
 @pytest.mark.parametrize(("case", "student", "teacher"), _zero_cases())
-def test_zero_when_structure_identical(case: str, student: torch.Tensor, teacher: torch.Tensor) -> None:
+def test_zero_when_structure_identical(
+    case: str, student: torch.Tensor, teacher: torch.Tensor, subregions: int
+) -> None:
     _, _, target, teacher_logits = _random_inputs()
-    value = RegionGraphDistillationLoss(order=3)(student, teacher, target, teacher_logits)
+    value = RegionGraphDistillationLoss(order=3, subregions=subregions)(student, teacher, target, teacher_logits)
     assert value.item() == pytest.approx(0.0, abs=1e-10), case
 
 
@@ -142,6 +174,8 @@ def test_reductions() -> None:
         ({"order": 0}, ValueError, "order must be >= 1, got 0"),
         ({"order": -2}, ValueError, "-2"),
         ({"order": 1.5}, TypeError, "1.5"),
+        ({"subregions": 0}, ValueError, "subregions must be >= 1, got 0"),
+        ({"subregions": "2"}, TypeError, "'2'"),
         ({"eps": 0.0}, ValueError, "0.0"),
         ({"reduction": "avg"}, ValueError, "avg"),
     ],
@@ -152,18 +186,19 @@ def test_argument_errors(kwargs: dict, error: type[Exception], match: str) -> No
 
 
 @pytest.mark.parametrize(
-    ("order", "expected"),
+    ("order", "subregions", "expected"),
     [
         # golden values: computed once with this implementation (after the hand-computed tests passed)
-        (1, 0.02324867),
-        (2, 0.05912093),
+        (1, 1, 0.02324867),
+        (2, 1, 0.05912093),
+        (2, 2, 0.02461141),
     ],
 )
-def test_golden(order: int, expected: float) -> None:
+def test_golden(order: int, subregions: int, expected: float) -> None:
     torch.manual_seed(0)
     student = torch.randn(2, 4, 4, 4)
     teacher = torch.randn(2, 6, 8, 8)
     target = torch.randint(0, 3, (2, 1, 8, 8))
     teacher_logits = torch.randn(2, 3, 8, 8)
-    value = RegionGraphDistillationLoss(order=order)(student, teacher, target, teacher_logits)
+    value = RegionGraphDistillationLoss(order=order, subregions=subregions)(student, teacher, target, teacher_logits)
     assert value.item() == pytest.approx(expected, abs=1e-5)

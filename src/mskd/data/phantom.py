@@ -29,7 +29,7 @@ one: the kidney tumours are drawn last.
 """
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from enum import IntEnum
 from pathlib import Path
 
@@ -37,7 +37,6 @@ import nibabel as nib
 import numpy as np
 from monai.utils import look_up_option
 from scipy import ndimage
-from tqdm import tqdm
 
 from mskd.io import atomic_open, atomic_path
 
@@ -825,7 +824,8 @@ def generate_phantom_dataset(
         difficulty: > 0, see :func:`make_phantom_case`.
         test_cases: number of held-out cases, ``0 <= test_cases < cases``. Default ``max(1, round(0.25 * cases))``,
             capped at ``cases - 1`` (so a single case gives no test split).
-        progress: show a tqdm progress bar over cases.
+        progress: show progress over cases: a bar on a terminal, a few plain lines otherwise
+            (:func:`mskd.handlers.with_progress`).
         fov_jitter: relative half-range of the per-case field of view, see :func:`make_phantom_case` (0 gives every
             case the fixed 400 x 400 x 240 mm field of view).
 
@@ -857,7 +857,12 @@ def generate_phantom_dataset(
     (out / "imagesTr").mkdir(parents=True, exist_ok=True)
     (out / "labelsTr").mkdir(parents=True, exist_ok=True)
     entries = []
-    for i in tqdm(range(cases), desc=f"{task} phantom", unit="case", disable=not progress):
+    indices: Iterable[int] = range(cases)
+    if progress:
+        from mskd.handlers import with_progress
+
+        indices = with_progress(indices, cases, f"{task} phantom", unit="case")
+    for i in indices:
         image, label, affine = _make_case(np.random.default_rng([int(seed), i]), task, dims, difficulty, fov_jitter)
         name = f"{task}_phantom_{i:04d}.nii.gz"
         _save_nifti(image, affine, out / "imagesTr" / name)

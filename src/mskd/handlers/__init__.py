@@ -1,5 +1,5 @@
 """Handlers beyond MONAI's own: per-class metric unpacking, whole-volume metrics, MLflow dashboard artefacts and
-run binding, resumable and safe checkpoints, and the non-finite loss guard."""
+run binding, resumable and safe checkpoints, the non-finite loss guard, and terminal progress."""
 
 from .checkpoint_savers import CheckpointSaver, SafeDiskSaver, TrainingCheckpoint
 from .learning_curves import LearningCurvesHandler
@@ -10,6 +10,7 @@ from .model_summary import ModelSummaryHandler
 from .nonfinite import NONFINITE_MODES, NONFINITE_SKIPS, NonFiniteLossHandler
 from .overlays import OverlayHandler
 from .per_class_metrics import PerClassMetricHandler
+from .progress import ProgressHandler, interactive, with_progress
 from .run_tags import RunTagsHandler, runs_table_view
 from .volume_metrics import VolumeMetricsHandler
 
@@ -25,9 +26,12 @@ __all__ = [
     "NonFiniteLossHandler",
     "OverlayHandler",
     "PerClassMetricHandler",
+    "ProgressHandler",
     "RunTagsHandler",
     "SafeDiskSaver",
     "TrainingCheckpoint",
     "VolumeMetricsHandler",
+    "interactive",
     "runs_table_view",
+    "with_progress",
 ]

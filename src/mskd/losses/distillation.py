@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Real
@@ -12,6 +11,8 @@ from typing import Any
 import torch.nn as nn
 from torch import Tensor
 from torch.nn.modules.loss import _Loss
+
+from mskd.losses.base import check_int
 
 __all__ = ["DistillationLoss"]
 
@@ -53,9 +54,10 @@ class DistillationLoss(_Loss):
 
     As implemented (torchdistill-style weighted sum)::
 
-        total = seg_loss(z^S, y) + sum_t weight_t * value_t
+        total = seg_loss(z^S, y) + ramp(i) * sum_t weight_t * value_t
         value_t = loss_t(z^S, z^T, y, z^T)                               (logit term, no ``stages``)
         value_t = sum_{s in stages_t} loss_t(F^S_s, F^T_s, y, z^T)        (feature term)
+        ramp(i) = min(1, i / warmup_iterations)   (1 when warmup_iterations is 0 or no iteration i is given)
 
     Teacher logits and features are detached. ``terms`` maps a term name to a mapping with the keys ``loss``
     (required, a callable with the uniform signature ``(student, teacher, target, teacher_logits)``), ``weight``
@@ -71,26 +73,40 @@ class DistillationLoss(_Loss):
             },
         )
 
-    A term with weight exactly 0 is reported with a warning and dropped: it is not computed, does not appear in the
-    output, in :attr:`weights` or in :attr:`required_stages`.
+    A term with weight exactly 0 is dropped silently: it is not computed and does not appear in the output, in
+    :attr:`weights` or in :attr:`required_stages`. That is how a bundle config offers every baseline as a term whose
+    weight defaults to 0 (switched on by setting its weight), without noise on every run.
+
+    The warm-up ramp scales every distillation weight by ``min(1, iteration / warmup_iterations)`` (the
+    segmentation loss is never scaled), so that distillation does not fight the segmentation loss while the
+    student's features are still random; the trainer passes ``iteration`` (ignite's ``engine.state.iteration``,
+    1 at the first step). The returned term values are always unweighted.
 
     Args:
         seg_loss: supervised loss called as ``seg_loss(student_logits, target)``.
         terms: the distillation terms, ``{name: {"loss": ..., "weight": ..., "stages": [...]}}``; ``None`` → none.
+        warmup_iterations: length ``>= 0`` of the linear warm-up of the distillation weights, in iterations;
+            0 (default) → no warm-up.
 
     Raises:
-        TypeError: When ``seg_loss`` is not callable, ``terms`` is not a mapping or a term spec is not a mapping.
+        TypeError: When ``seg_loss`` is not callable, ``terms`` is not a mapping, a term spec is not a mapping or
+            ``warmup_iterations`` is not an integer.
         ValueError: When a term name is reserved (``"seg"``, ``"loss"``), empty or contains ``"."``; a term has
-            unknown keys, no ``loss``, a non-callable ``loss``, a negative/NaN/infinite weight or empty stages.
+            unknown keys, no ``loss``, a non-callable ``loss``, a negative/NaN/infinite weight or empty stages;
+            ``warmup_iterations < 0``.
     """
 
     def __init__(
-        self, seg_loss: Callable[[Tensor, Tensor], Tensor], terms: Mapping[str, Mapping[str, Any]] | None = None
+        self,
+        seg_loss: Callable[[Tensor, Tensor], Tensor],
+        terms: Mapping[str, Mapping[str, Any]] | None = None,
+        warmup_iterations: int = 0,
     ) -> None:
         super().__init__()
         if not callable(seg_loss):
             raise TypeError(f"seg_loss must be callable, got {seg_loss!r}.")
         self.seg_loss = seg_loss
+        self.warmup_iterations = check_int("warmup_iterations", warmup_iterations, minimum=0)
         if terms is None:
             terms = {}
         if not isinstance(terms, Mapping):
@@ -112,10 +128,7 @@ class DistillationLoss(_Loss):
                 raise ValueError(f"term {name!r}: loss must be callable, got {spec['loss']!r}.")
             weight = _parse_weight(name, spec.get("weight", 1.0))
             stages = _parse_stages(name, spec.get("stages"))
-            if weight == 0.0:
-                warnings.warn(
-                    f"distillation term {name!r} has weight 0 and does nothing; it is not computed.", stacklevel=2
-                )
+            if weight == 0.0:  # switched off (a baseline left at its config default)
                 continue
             parsed[name] = _Term(loss=spec["loss"], weight=weight, stages=stages)
         self._terms = parsed
@@ -132,6 +145,23 @@ class DistillationLoss(_Loss):
         """Weight of every active term, in configuration order."""
         return {name: term.weight for name, term in self._terms.items()}
 
+    def warmup_factor(self, iteration: int | None = None) -> float:
+        """The ramp ``min(1, iteration / warmup_iterations)`` applied to every distillation weight.
+
+        Args:
+            iteration: current training iteration (``>= 0``; ignite counts from 1), or ``None``.
+
+        Returns:
+            The factor in ``[0, 1]``; 1.0 when ``warmup_iterations`` is 0 or ``iteration`` is ``None``.
+
+        Raises:
+            TypeError: When ``iteration`` is not an integer (or ``None``).
+            ValueError: When ``iteration < 0``.
+        """
+        if iteration is None or self.warmup_iterations == 0:
+            return 1.0
+        return min(1.0, check_int("iteration", iteration, minimum=0) / self.warmup_iterations)
+
     @staticmethod
     def _stage(features: Mapping[str, Tensor], term: str, stage: str, which: str) -> Tensor:
         if stage not in features:
@@ -147,6 +177,8 @@ class DistillationLoss(_Loss):
         target: Tensor,
         student_features: Mapping[str, Tensor] | None = None,
         teacher_features: Mapping[str, Tensor] | None = None,
+        *,
+        iteration: int | None = None,
     ) -> dict[str, Tensor]:
         """Compute the total loss and its parts.
 
@@ -156,12 +188,15 @@ class DistillationLoss(_Loss):
             target: ``B, 1, H, W`` ground-truth labels.
             student_features: tapped student features by stage name.
             teacher_features: tapped teacher features by stage name (detached here).
+            iteration: current training iteration for the warm-up ramp (see :meth:`warmup_factor`); ``None`` → no
+                ramp.
 
         Returns:
             ``{"loss": total, "seg": seg_value, "<term>": unweighted term value, ...}``.
 
         Raises:
-            TypeError: When a feature argument is not a mapping.
+            TypeError: When a feature argument is not a mapping or ``iteration`` is not an integer.
+            ValueError: When ``iteration < 0``.
             KeyError: When a stage needed by a feature term is missing from either feature mapping.
         """
         student_features = {} if student_features is None else student_features
@@ -169,6 +204,7 @@ class DistillationLoss(_Loss):
         for arg, value in (("student_features", student_features), ("teacher_features", teacher_features)):
             if not isinstance(value, Mapping):
                 raise TypeError(f"{arg} must be a mapping of stage name to tensor, got {type(value).__name__}.")
+        ramp = self.warmup_factor(iteration)
         teacher_logits = teacher_logits.detach()
         seg = self.seg_loss(student_logits, target)
         values: dict[str, Tensor] = {}
@@ -184,5 +220,5 @@ class DistillationLoss(_Loss):
                     stage_value = term.loss(feat_s, feat_t, target, teacher_logits)
                     value = stage_value if value is None else value + stage_value
             values[name] = value
-            total = total + term.weight * value
+            total = total + (ramp * term.weight) * value
         return {"loss": total, "seg": seg, **values}

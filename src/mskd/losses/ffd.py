@@ -11,13 +11,12 @@ from torch import Tensor
 
 from mskd.losses.base import DistillationTermLoss, check_int, check_real
 from mskd.losses.regions import (
-    common_size,
-    dilate_mask,
+    class_prototypes,
+    distillation_filter,
     one_hot_labels,
     region_balanced_weights,
-    resize_features,
     resize_labels,
-    teacher_prediction,
+    resize_to_common_size,
 )
 
 __all__ = ["FeatureFilteringDistillationLoss", "channel_agnostic_map"]
@@ -61,25 +60,33 @@ class FeatureFilteringDistillationLoss(DistillationTermLoss):
        ``filter_teacher_errors``; dilation by a ``(2r+1) x (2r+1)`` square; ``band_radius=0`` → organs only.
     3. ``w_p = 1 / (K_present * |R_k ∩ M|)`` for ``p in R_k ∩ M`` (``R_k`` ground-truth class regions,
        background included, ``K_present`` = number of classes with ``|R_k ∩ M| > 0``).
-    4. ``L_b = sum_p M_p * w_p * (A^S_p - A^T_p)^2``; a sample with an empty ``M`` gives 0. Then ``reduction``.
+    4. ``L_b = sum_p M_p * w_p * (A^S_p - A^T_p)^2``; a sample with an empty ``M`` gives 0.
+    5. Optional region-prototype term (``prototype_weight = λ_p > 0``): prototypes of the filtered class regions
+       ``v_k = sum_p Y_kp M_p F_p / (sum_p Y_kp M_p + eps)`` compared as unit vectors,
+       ``L_b += λ_p * mean_{k present in M} ||v^S_k / ||v^S_k|| - v^T_k / ||v^T_k|| ||^2`` (each value in ``[0, 4]``).
 
-    Channel counts and spatial sizes of student and teacher may differ.
+    Then ``reduction``. Channel counts and spatial sizes of student and teacher may differ, except with the
+    prototype term, which compares feature vectors and so needs ``C_s == C_t``. Vectorised over classes and pixels
+    (no Python loop).
 
     Args:
         band_radius: width ``r >= 0`` (pixels, at the common resolution) of the background band kept around organs.
         filter_teacher_errors: drop pixels the teacher misclassifies.
-        eps: stabiliser of the map normalisation (``> 0``).
+        prototype_weight: weight ``λ_p >= 0`` of the region-prototype term; ``0`` (default) leaves it out.
+        eps: stabiliser of the map normalisation and of the prototypes (``> 0``).
         reduction: {``"none"``, ``"mean"``, ``"sum"``} reduction over the batch. Defaults to ``"mean"``.
 
     Raises:
         TypeError: When an argument has the wrong type.
-        ValueError: When ``band_radius < 0``, ``eps <= 0`` or ``reduction`` is invalid.
+        ValueError: When ``band_radius < 0``, ``prototype_weight < 0``, ``eps <= 0`` or ``reduction`` is invalid; at
+            call time, when ``prototype_weight > 0`` and the channel counts of student and teacher differ.
     """
 
     def __init__(
         self,
         band_radius: int = 4,
         filter_teacher_errors: bool = True,
+        prototype_weight: float = 0.0,
         eps: float = 1e-8,
         reduction: LossReduction | str = LossReduction.MEAN,
     ) -> None:
@@ -88,22 +95,8 @@ class FeatureFilteringDistillationLoss(DistillationTermLoss):
         if not isinstance(filter_teacher_errors, bool):
             raise TypeError(f"filter_teacher_errors must be a bool, got {filter_teacher_errors!r}.")
         self.filter_teacher_errors = filter_teacher_errors
+        self.prototype_weight = check_real("prototype_weight", prototype_weight, minimum=0.0)
         self.eps = check_real("eps", eps, minimum=0.0, strict=True)
-
-    def filter_mask(self, labels: Tensor, teacher_logits: Tensor) -> Tensor:
-        """The filter ``M`` at the resolution of ``labels``.
-
-        Args:
-            labels: ``B, 1, H, W`` labels at the common resolution.
-            teacher_logits: ``B, K, H0, W0`` teacher logits at input resolution.
-
-        Returns:
-            ``B, 1, H, W`` bool mask.
-        """
-        mask = dilate_mask(labels > 0, self.band_radius)
-        if self.filter_teacher_errors:
-            mask = mask & (teacher_prediction(teacher_logits, labels.shape[-2:]) == labels)
-        return mask
 
     def per_sample(self, student: Tensor, teacher: Tensor, target: Tensor, teacher_logits: Tensor) -> Tensor:
         """Per-sample FFD values.
@@ -116,11 +109,29 @@ class FeatureFilteringDistillationLoss(DistillationTermLoss):
 
         Returns:
             ``(B,)`` per-sample values.
+
+        Raises:
+            ValueError: When ``prototype_weight > 0`` and student and teacher channel counts differ.
         """
-        size = common_size(student, teacher)
-        map_s = channel_agnostic_map(resize_features(student, size), self.eps)
-        map_t = channel_agnostic_map(resize_features(teacher, size), self.eps)
-        labels = resize_labels(target, size)
+        if self.prototype_weight > 0 and student.shape[1] != teacher.shape[1]:
+            raise ValueError(
+                f"FFD's prototype term (prototype_weight={self.prototype_weight}) compares feature vectors and needs "
+                f"equal channel counts, got student {tuple(student.shape)} and teacher {tuple(teacher.shape)}; "
+                "set prototype_weight=0 or tap stages with matching channels."
+            )
+        feat_s, feat_t = resize_to_common_size(student, teacher)
+        map_s = channel_agnostic_map(feat_s, self.eps)
+        map_t = channel_agnostic_map(feat_t, self.eps)
+        labels = resize_labels(target, feat_s.shape[-2:])
+        mask = distillation_filter(labels, teacher_logits, self.band_radius, self.filter_teacher_errors)
         regions = one_hot_labels(labels, teacher_logits.shape[1], dtype=map_s.dtype)
-        weights = region_balanced_weights(regions, self.filter_mask(labels, teacher_logits))  # zero outside M
-        return (weights * (map_s - map_t).pow(2)).sum(dim=(1, 2, 3))
+        weights = region_balanced_weights(regions, mask)  # zero outside M
+        value = (weights * (map_s - map_t).pow(2)).sum(dim=(1, 2, 3))
+        if self.prototype_weight == 0:
+            return value
+        kept = regions * mask.to(regions.dtype)  # R_k ∩ M (band_radius is an int here, so M is never None)
+        present = (kept.sum(dim=(2, 3)) > 0).to(value.dtype)  # B, K
+        unit_s = F.normalize(class_prototypes(feat_s, kept, self.eps), dim=-1, eps=self.eps)
+        unit_t = F.normalize(class_prototypes(feat_t, kept, self.eps), dim=-1, eps=self.eps)
+        per_class = (unit_s - unit_t).pow(2).sum(dim=-1)  # B, K
+        return value + self.prototype_weight * (per_class * present).sum(dim=1) / present.sum(dim=1).clamp(min=1)

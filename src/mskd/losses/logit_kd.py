@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from monai.utils import LossReduction
 from torch import Tensor
 
-from mskd.losses.base import DistillationTermLoss, check_real
-from mskd.losses.regions import one_hot_labels, region_balanced_weights
+from mskd.losses.base import DistillationTermLoss, check_int, check_real
+from mskd.losses.regions import distillation_filter, one_hot_labels, region_balanced_weights
 
 __all__ = ["LogitDistillationLoss"]
 
@@ -20,34 +20,48 @@ class LogitDistillationLoss(DistillationTermLoss):
     (Qin et al., TMI 2021). As implemented, for logits ``z^S, z^T`` of shape ``B, K, H, W``::
 
         kl_p = T^2 * sum_k softmax(z^T_p / T)_k * (log softmax(z^T_p / T)_k - log softmax(z^S_p / T)_k)
-        L_b  = (1 / (H W)) * sum_p kl_p                       (class_balanced=False)
-        L_b  = sum_p w_p * kl_p,  w_p = 1 / (K_present |R_k|) for p in R_k   (class_balanced=True)
+        L_b  = sum_p M_p kl_p / max(sum_p M_p, 1)                                  (class_balanced=False)
+        L_b  = sum_p w_p * kl_p,  w_p = 1 / (K_present |R_k ∩ M|) for p in R_k ∩ M   (class_balanced=True)
 
-    where ``R_k`` is the ground-truth region of class ``k`` in sample ``b`` and ``K_present`` the number of classes
-    present in it (see :func:`mskd.losses.regions.region_balanced_weights`; the weights of a sample sum to 1).
-    The per-sample values ``L_b`` are then reduced over the batch.
+    where ``R_k`` is the ground-truth region of class ``k`` in sample ``b``, ``K_present`` the number of classes
+    with ``|R_k ∩ M| > 0`` (see :func:`mskd.losses.regions.region_balanced_weights`; the weights of a sample sum to
+    1) and ``M`` FFD's pixel filter (:func:`mskd.losses.regions.distillation_filter`): organs plus a band of
+    ``filter_band_radius`` pixels around them, where the teacher is right (``filter_teacher_errors``). With neither
+    filter ``M`` is every pixel and the plain variant is the mean over ``H W`` pixels. A sample whose ``M`` is empty
+    gives 0. The per-sample values ``L_b`` are then reduced over the batch.
 
     Args:
         temperature: softmax temperature ``T > 0``. Defaults to 4.0.
         class_balanced: average the pixel values with region-balanced weights instead of a plain mean.
+        filter_band_radius: keep only organ pixels and a background band of this many pixels (``>= 0``) around them;
+            ``None`` (default) keeps every pixel.
+        filter_teacher_errors: keep only pixels the teacher classifies correctly. Defaults to ``False``.
         reduction: {``"none"``, ``"mean"``, ``"sum"``} reduction over the batch. Defaults to ``"mean"``.
 
     Raises:
-        TypeError: When ``temperature`` is not a real number or ``class_balanced`` not a bool.
-        ValueError: When ``temperature <= 0`` (or not finite) or ``reduction`` is invalid.
+        TypeError: When ``temperature`` is not a real number, ``filter_band_radius`` not an integer (or ``None``),
+            ``class_balanced`` or ``filter_teacher_errors`` not a bool.
+        ValueError: When ``temperature <= 0`` (or not finite), ``filter_band_radius < 0`` or ``reduction`` is invalid.
     """
 
     def __init__(
         self,
         temperature: float = 4.0,
         class_balanced: bool = False,
+        filter_band_radius: int | None = None,
+        filter_teacher_errors: bool = False,
         reduction: LossReduction | str = LossReduction.MEAN,
     ) -> None:
         super().__init__(reduction=reduction)
         self.temperature = check_real("temperature", temperature, minimum=0.0, strict=True)
-        if not isinstance(class_balanced, bool):
-            raise TypeError(f"class_balanced must be a bool, got {class_balanced!r}.")
+        for name, flag in (("class_balanced", class_balanced), ("filter_teacher_errors", filter_teacher_errors)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {flag!r}.")
         self.class_balanced = class_balanced
+        self.filter_band_radius = (
+            None if filter_band_radius is None else check_int("filter_band_radius", filter_band_radius, minimum=0)
+        )
+        self.filter_teacher_errors = filter_teacher_errors
 
     def per_sample(self, student: Tensor, teacher: Tensor, target: Tensor, teacher_logits: Tensor) -> Tensor:
         """Per-sample KD values.
@@ -79,7 +93,12 @@ class LogitDistillationLoss(DistillationTermLoss):
         log_p_s = F.log_softmax(student / t, dim=1)
         log_p_t = F.log_softmax(teacher / t, dim=1)
         kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1, keepdim=True) * (t * t)  # B, 1, H, W
-        if not self.class_balanced:
+        mask = distillation_filter(target.long(), teacher_logits, self.filter_band_radius, self.filter_teacher_errors)
+        if self.class_balanced:
+            weights = region_balanced_weights(one_hot_labels(target, teacher_logits.shape[1], dtype=kl.dtype), mask)
+        elif mask is None:
             return kl.mean(dim=(1, 2, 3))
-        weights = region_balanced_weights(one_hot_labels(target, teacher_logits.shape[1], dtype=kl.dtype))
+        else:
+            kept = mask.to(kl.dtype)
+            weights = kept / kept.sum(dim=(1, 2, 3), keepdim=True).clamp(min=1)
         return (weights * kl).sum(dim=(1, 2, 3))

@@ -7,7 +7,9 @@ region balance are defined exactly once:
   resized with bilinear interpolation, ``align_corners=False`` (:func:`resize_features`);
 - label maps and the teacher's prediction are resized with nearest-neighbour interpolation
   (:func:`resize_labels`, :func:`teacher_prediction`);
-- :func:`region_balanced_weights` gives every ground-truth class region present in a sample the same total weight.
+- :func:`region_balanced_weights` gives every ground-truth class region present in a sample the same total weight;
+- :func:`distillation_filter` is the pixel filter of FFD (organ band, teacher correct), also usable on the logit term;
+- :func:`class_prototypes` are the masked average features of class regions (RGD nodes, RAD, IFVD, FFD prototypes).
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from torch import Tensor
 
 __all__ = [
     "check_labels",
+    "class_prototypes",
     "common_size",
     "dilate_mask",
+    "distillation_filter",
     "one_hot_labels",
     "region_balanced_weights",
     "resize_features",
     "resize_labels",
+    "resize_to_common_size",
     "teacher_prediction",
 ]
 
@@ -76,6 +81,20 @@ def resize_features(features: Tensor, size: Sequence[int]) -> Tensor:
     if tuple(features.shape[-2:]) == size:
         return features
     return F.interpolate(features, size=size, mode="bilinear", align_corners=False)
+
+
+def resize_to_common_size(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
+    """Resize student and teacher feature maps to their :func:`common_size` (bilinear, see :func:`resize_features`).
+
+    Args:
+        student: ``B, C_s, h_s, w_s`` feature map.
+        teacher: ``B, C_t, h_t, w_t`` feature map.
+
+    Returns:
+        ``(student, teacher)``, both ``B, C, H, W`` with ``(H, W) = common_size(student, teacher)``.
+    """
+    size = common_size(student, teacher)
+    return resize_features(student, size), resize_features(teacher, size)
 
 
 def resize_labels(labels: Tensor, size: Sequence[int]) -> Tensor:
@@ -169,3 +188,47 @@ def region_balanced_weights(regions: Tensor, mask: Tensor | None = None) -> Tens
     k_present = present.sum(dim=1, keepdim=True).clamp(min=1)  # B, 1
     per_class = present.to(regions.dtype) / (k_present * counts.clamp(min=1))  # B, K
     return (regions * per_class[:, :, None, None]).sum(dim=1, keepdim=True)
+
+
+def distillation_filter(
+    labels: Tensor, teacher_logits: Tensor, band_radius: int | None, filter_teacher_errors: bool
+) -> Tensor | None:
+    """The pixel filter ``M`` of FFD: organ pixels plus a background band, where the teacher is right.
+
+    As implemented::
+
+        M_p = [p in dilate(y > 0, band_radius)] * [argmax z^T_p = y_p]
+
+    the first factor only when ``band_radius`` is not ``None`` (``0`` keeps the organs only, dilation by a
+    ``(2r+1) x (2r+1)`` square), the second only when ``filter_teacher_errors``.
+
+    Args:
+        labels: ``B, 1, H, W`` ground-truth labels at the resolution of the filter.
+        teacher_logits: ``B, K, H0, W0`` teacher logits at input resolution (their argmax is nearest-resized).
+        band_radius: band width ``r >= 0`` in pixels at the resolution of ``labels``, or ``None`` for no band filter.
+        filter_teacher_errors: drop pixels the teacher misclassifies.
+
+    Returns:
+        ``B, 1, H, W`` bool mask, or ``None`` when neither filter is on (every pixel kept).
+    """
+    mask = None if band_radius is None else dilate_mask(labels > 0, band_radius)
+    if filter_teacher_errors:
+        correct = teacher_prediction(teacher_logits, labels.shape[-2:]) == labels
+        mask = correct if mask is None else mask & correct
+    return mask
+
+
+def class_prototypes(features: Tensor, regions: Tensor, eps: float = 1e-8) -> Tensor:
+    """Region prototypes (masked average features) ``v_k = sum_p Y_kp F_p / (sum_p Y_kp + eps)``.
+
+    Args:
+        features: ``B, C, H, W`` features.
+        regions: ``B, N, H, W`` region masks ``Y`` at the same resolution (one-hot classes, or any ``N`` masks).
+        eps: stabiliser of the division (an empty region gives a zero prototype).
+
+    Returns:
+        ``B, N, C`` prototypes, in the dtype of ``features``.
+    """
+    regions = regions.to(features.dtype)  # a float64 teacher may meet float32 masks
+    counts = regions.sum(dim=(2, 3))  # B, N
+    return torch.einsum("bkhw,bchw->bkc", regions, features) / (counts.unsqueeze(-1) + eps)

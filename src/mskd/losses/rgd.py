@@ -3,28 +3,37 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from monai.utils import LossReduction
 from torch import Tensor
 
 from mskd.losses.base import DistillationTermLoss, check_int, check_real
-from mskd.losses.regions import common_size, one_hot_labels, resize_features, resize_labels
+from mskd.losses.regions import class_prototypes, one_hot_labels, resize_labels, resize_to_common_size
 
-__all__ = ["RegionGraphDistillationLoss", "class_prototypes", "normalized_region_graph"]
+__all__ = ["RegionGraphDistillationLoss", "grid_subregions", "normalized_region_graph"]
 
 
-def class_prototypes(features: Tensor, regions: Tensor, eps: float = 1e-8) -> Tensor:
-    """Class prototypes (masked average features) ``v_k = sum_p Y_kp F_p / (sum_p Y_kp + eps)``.
+def grid_subregions(regions: Tensor, cells: int) -> Tensor:
+    """Split every region into the cells of a ``cells x cells`` grid laid over the image.
+
+    Pixel ``(i, j)`` of an ``H x W`` map lies in cell ``(floor(i * cells / H), floor(j * cells / W))``; the node of
+    region ``k`` in cell ``g`` is ``R_k ∩ cell_g``. Memory ``O(B K cells^2 H W)``.
 
     Args:
-        features: ``B, C, H, W`` features.
-        regions: ``B, K, H, W`` one-hot ground truth ``Y`` at the same resolution.
-        eps: stabiliser of the division (an absent class gives a zero prototype).
+        regions: ``B, K, H, W`` region masks (one-hot classes).
+        cells: grid cells per side, ``>= 1``; ``1`` returns ``regions`` unchanged.
 
     Returns:
-        ``B, K, C`` prototypes.
+        ``B, K * cells^2, H, W`` masks, node ``k * cells^2 + g`` (class-major, cells row-major).
     """
-    counts = regions.sum(dim=(2, 3))  # B, K
-    return torch.einsum("bkhw,bchw->bkc", regions, features) / (counts.unsqueeze(-1) + eps)
+    if cells == 1:
+        return regions
+    height, width = regions.shape[-2:]
+    rows = torch.arange(height, device=regions.device) * cells // height
+    cols = torch.arange(width, device=regions.device) * cells // width
+    cell = rows.unsqueeze(1) * cells + cols.unsqueeze(0)  # H, W
+    grid = F.one_hot(cell, cells * cells).permute(2, 0, 1).to(regions.dtype)  # cells^2, H, W
+    return (regions.unsqueeze(2) * grid).flatten(1, 2)
 
 
 def normalized_region_graph(prototypes: Tensor, present: Tensor, eps: float = 1e-8) -> Tensor:
@@ -59,31 +68,39 @@ class RegionGraphDistillationLoss(DistillationTermLoss):
     to the common size ``H x W`` (the larger one, bilinear) and one-hot labels ``Y`` (``K`` classes,
     nearest-resized to ``H x W``), separately for student and teacher:
 
-    1. nodes ``v_k = sum_p Y_kp F_p / (sum_p Y_kp + eps)`` (``B, K, C``); ``present_k = sum_p Y_kp > 0``;
+    1. nodes ``v_n = sum_p Y_np F_p / (sum_p Y_np + eps)`` (``B, N, C``); ``present_n = sum_p Y_np > 0``; the
+       regions ``Y_n`` are the ``K`` class regions (``subregions=1``), or each class region cut by an
+       ``s x s`` grid over the image (``subregions=s``, ``N = K s^2`` nodes, see :func:`grid_subregions`);
     2. edges ``E_ij = cos(v_i, v_j)``; ``E+ = clamp(E, min=0)``; rows/columns of absent nodes set to 0;
     3. ``Â = D^{-1/2} (E+ + I) D^{-1/2}``, ``D = diag(rowsum(E+ + I))``; ``Â_o = Â^o`` for ``o = 1..order``;
-    4. ``L_b = sum_o sum_{i,j present} (Â^S_o,ij - Â^T_o,ij)^2 / max(K_present^2, 1)``; then ``reduction``.
+    4. ``L_b = sum_o sum_{i,j present} (Â^S_o,ij - Â^T_o,ij)^2 / max(N_present^2, 1)``; then ``reduction``.
 
-    Edges are cosines within each network, so student and teacher channel counts need not match.
+    Edges are cosines within each network, so student and teacher channel counts need not match. Vectorised over
+    nodes (no Python loop over classes or cells); memory ``O(B N^2)`` for the graphs and ``O(B N H W)`` for the
+    node masks, ``N = K subregions^2``.
 
     Args:
         order: highest matrix power ``o >= 1`` of the adjacency that is matched. Defaults to 2.
+        subregions: grid cells per side ``s >= 1`` that split each class region into sub-region nodes. Defaults
+            to 1 (one node per class).
         eps: stabiliser of the prototype average and cosine (``> 0``).
         reduction: {``"none"``, ``"mean"``, ``"sum"``} reduction over the batch. Defaults to ``"mean"``.
 
     Raises:
         TypeError: When an argument has the wrong type.
-        ValueError: When ``order < 1``, ``eps <= 0`` or ``reduction`` is invalid.
+        ValueError: When ``order < 1``, ``subregions < 1``, ``eps <= 0`` or ``reduction`` is invalid.
     """
 
     def __init__(
         self,
         order: int = 2,
+        subregions: int = 1,
         eps: float = 1e-8,
         reduction: LossReduction | str = LossReduction.MEAN,
     ) -> None:
         super().__init__(reduction=reduction)
         self.order = check_int("order", order, minimum=1)
+        self.subregions = check_int("subregions", subregions, minimum=1)
         self.eps = check_real("eps", eps, minimum=0.0, strict=True)
 
     def per_sample(self, student: Tensor, teacher: Tensor, target: Tensor, teacher_logits: Tensor) -> Tensor:
@@ -98,20 +115,17 @@ class RegionGraphDistillationLoss(DistillationTermLoss):
         Returns:
             ``(B,)`` per-sample values.
         """
-        size = common_size(student, teacher)
-        feat_s = resize_features(student, size)
-        feat_t = resize_features(teacher, size)
-        regions = one_hot_labels(resize_labels(target, size), teacher_logits.shape[1], dtype=feat_s.dtype)
-        present = regions.sum(dim=(2, 3)) > 0  # B, K
+        feat_s, feat_t = resize_to_common_size(student, teacher)
+        labels = resize_labels(target, feat_s.shape[-2:])
+        regions = grid_subregions(one_hot_labels(labels, teacher_logits.shape[1], dtype=feat_s.dtype), self.subregions)
+        present = regions.sum(dim=(2, 3)) > 0  # B, N
         graph_s = normalized_region_graph(class_prototypes(feat_s, regions, self.eps), present, self.eps)
-        graph_t = normalized_region_graph(
-            class_prototypes(feat_t, regions.to(feat_t.dtype), self.eps), present, self.eps
-        )
+        graph_t = normalized_region_graph(class_prototypes(feat_t, regions, self.eps), present, self.eps)
         pair = (present.unsqueeze(2) & present.unsqueeze(1)).to(graph_s.dtype)
         power_s, power_t = graph_s, graph_t
         total = ((power_s - power_t).pow(2) * pair).sum(dim=(1, 2))
         for _ in range(1, self.order):
             power_s, power_t = power_s @ graph_s, power_t @ graph_t
             total = total + ((power_s - power_t).pow(2) * pair).sum(dim=(1, 2))
-        k_present = present.sum(dim=1).to(total.dtype)
-        return total / k_present.pow(2).clamp(min=1)
+        n_present = present.sum(dim=1).to(total.dtype)
+        return total / n_present.pow(2).clamp(min=1)

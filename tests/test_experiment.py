@@ -1,0 +1,216 @@
+"""The experiment runner: file checks, the run plan, the summary maths, and a tiny matrix end to end (resumed)."""
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from mskd.experiment import (
+    ExperimentError,
+    format_results,
+    load_experiment,
+    plan_runs,
+    run_experiment,
+    summarise_results,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "configs" / "experiments"
+BUNDLE = ROOT / "bundles" / "mskd_synapse"
+TINY_DATA = {"phantom": {"task": "synapse", "cases": 5, "test_cases": 1, "size": [32, 32, 16], "seed": 0}}
+TINY = {
+    "image_size": 32,
+    "max_epochs": 1,
+    "val_interval": 1,
+    "batch_size": 2,
+    "slices_per_volume": 2,
+    "num_val_cases": 1,
+    "val_slice_batch": 8,
+}
+
+
+def write(tmp_path: Path, cfg: dict, name: str = "exp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def small_cfg(**changes) -> dict:
+    cfg = {
+        "name": "tiny",
+        "bundle": str(BUNDLE),
+        "data": TINY_DATA,
+        "overrides": dict(TINY),
+        "teacher": {"network": "unet"},
+        "students": {"tiny_unet": {}},
+        "seeds": [0, 1],
+        "methods": {
+            "no_kd": {"distill": False, "seeds": [0]},
+            "mskd": {"overrides": {"kd_weight": 0.1}, "candidates": [{"ffd_weight": 0.9}, {"ffd_weight": 0.3}]},
+        },
+    }
+    cfg.update(changes)
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"colour": "red"}, "unknown keys ['colour']"),
+        ({"seeds": [0, 0]}, "seeds repeats a seed"),
+        ({"seeds": []}, "seeds must be a non-empty list"),
+        ({"data": {}}, "exactly one of 'phantom'"),
+        ({"teacher": {"overrides": {}}}, "teacher needs a 'network'"),
+        ({"students": {}}, "students must be a non-empty mapping"),
+        ({"overrides": {"kd_wieght": 0.2}}, "overrides sets ['kd_wieght'], which the bundle's configs do not define"),
+        ({"methods": {"no_kd": {"distill": False, "candidates": [{}, {}]}}}, "a non-distilling method has none"),
+        ({"methods": {"kd": {"candidates": [{"kd_weight": 0.1}]}}}, "at least two override mappings"),
+        ({"methods": {"kd": {"overrides": {"ffd_weight": 0.0, "ffd_radius": 2}}}}, "['ffd_radius']"),
+        ({"methods": {"teacher": {}}}, "not 'teacher'"),
+        ({"name": "a b"}, "name must be letters"),
+    ],
+)
+def test_bad_experiment_files_name_file_and_key(tmp_path, change, message):
+    path = write(tmp_path, small_cfg(**change))
+    with pytest.raises(ExperimentError) as err:
+        load_experiment(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_missing_file_and_bundle(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_experiment(tmp_path / "nope.yaml")
+    with pytest.raises(FileNotFoundError, match="no configs/train_teacher.json"):
+        load_experiment(write(tmp_path, small_cfg(bundle=str(tmp_path))))
+    (tmp_path / "broken.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(ExperimentError, match="not valid YAML"):
+        load_experiment(tmp_path / "broken.yaml")
+
+
+def test_plan_teacher_first_candidates_then_winner_seeds(tmp_path):
+    cfg = load_experiment(write(tmp_path, small_cfg()))
+    names = [r.name for r in plan_runs(cfg)]
+    assert names == [
+        "unet-teacher-s0",
+        "tiny_unet-no_kd-s0",
+        "tiny_unet_from_unet-mskd-c0-s0",
+        "tiny_unet_from_unet-mskd-c1-s0",
+    ]
+    chosen = plan_runs(cfg, {("tiny_unet", "mskd"): 1})
+    assert [r.name for r in chosen][4:] == ["tiny_unet_from_unet-mskd-c1-s1"]
+    winner = chosen[-1]
+    assert winner.overrides == {"kd_weight": 0.1, "ffd_weight": 0.3, "student": "tiny_unet"}
+    assert winner.stack == ("train_teacher.json", "distill.json") and winner.label == "mskd"
+    assert chosen[1].stack == ("train_teacher.json", "train_student.json")
+
+
+def rows_for(values: dict[tuple[str, str], list[float]]) -> list[dict]:
+    rows = []
+    for (student, method), dices in values.items():
+        for seed, d in enumerate(dices):
+            rows.append(
+                {"student": student, "method": method, "seed": seed, "dice_mean": d, "hd95_mean": 10 * d}
+                | {"dice_liver": d, "hd95_liver": 1.0, "train_s": 60, "evaluate_s": 0}
+            )
+    return rows
+
+
+def test_summary_mean_and_sample_std_and_gap_closed(tmp_path):
+    rows = rows_for(
+        {
+            ("unet", "teacher"): [0.8],
+            ("enet", "no_kd"): [0.5, 0.7],  # mean 0.6, sample std sqrt(0.02) = 0.1414
+            ("enet", "kd"): [0.7, 0.7],  # closes (0.7 - 0.6) / (0.8 - 0.6) = 50 %
+        }
+    )
+    rows.append(rows[-1] | {"dice_mean": 0.0, "selected": False})  # an unchosen candidate is left out
+    summary = summarise_results(rows, ["liver"])
+    no_kd = next(s for s in summary if s["method"] == "no_kd")
+    assert no_kd["seeds"] == 2 and no_kd["dice_mean"] == pytest.approx(0.6)
+    assert no_kd["dice_mean_std"] == pytest.approx(math.sqrt(0.02))
+    assert math.isnan(next(s for s in summary if s["method"] == "teacher")["dice_mean_std"])
+    cfg = load_experiment(write(tmp_path, small_cfg(methods={"no_kd": {"distill": False}, "kd": {}})))
+    text = format_results(cfg, rows, ["liver"], {"enet": {"params": 1234, "latency_ms": 2.5}}, wall_s=120)
+    assert "| enet | no_kd | 2 | 1,234 | 2.5 | 60.0 ± 14.1 | 6.0 ± 1.4 |  |" in text
+    assert "| enet | kd | 2 | 1,234 | 2.5 | 70.0 ± 0.0 | 7.0 ± 0.0 | +50 % |" in text
+    assert "sum of run times 6.0 min" in text  # six runs of a minute: the unchosen candidate ran too
+
+
+@pytest.mark.e2e
+def test_tiny_matrix_end_to_end_nested_and_resumable(tmp_path, capsys):
+    out = tmp_path / "results"
+    path = write(tmp_path, small_cfg(output=str(out), jobs=2))
+    run_experiment(path, workdir=tmp_path / "work")
+    with open(out / "results.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == [
+        "unet-teacher-s0",
+        "tiny_unet-no_kd-s0",
+        "tiny_unet_from_unet-mskd-c0-s0",
+        "tiny_unet_from_unet-mskd-c1-s0",
+        f"tiny_unet_from_unet-mskd-c{rows[-1]['candidate']}-s1",
+    ]
+    val = {int(r["candidate"]): float(r["val_mean_dice_best"]) for r in rows[2:4]}
+    assert int(rows[-1]["candidate"]) == max(val, key=val.get)  # chosen on validation, not on test
+    assert all(0 <= float(r["dice_mean"]) <= 1 for r in rows)
+    md = (out / "results.md").read_text(encoding="utf-8")
+    assert "| tiny_unet | mskd | 2 |" in md and "## Loss weights chosen on the validation split" in md
+    assert (out / "dice.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'work' / 'output' / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("mskd_tiny")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    parent = runs["tiny"]
+    assert parent.info.status == "FINISHED"
+    children = [r for r in runs.values() if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 * len(rows)  # each run's training and its test evaluation
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"results.csv", "results.md", "dice.png"}
+
+    # re-running skips every finished run: nothing new in the store, the same parent
+    capsys.readouterr()
+    run_experiment(path, workdir=tmp_path / "work")
+    again = client.search_runs([experiment.experiment_id])
+    assert len(again) == len(runs)
+    assert json.loads((tmp_path / "work" / "results" / "unet-teacher-s0.json").read_text())["run"] == "unet-teacher-s0"
+
+
+def test_a_failing_run_names_itself_and_its_log(tmp_path):
+    cfg = small_cfg(methods={"no_kd": {"distill": False, "seeds": [0]}})
+    cfg["teacher"] = {"network": "unet", "overrides": {"max_epochs": -1}}
+    with pytest.raises(RuntimeError, match=r"run unet-teacher-s0 failed \(exit \d+\); full log .*unet-teacher-s0.log"):
+        run_experiment(write(tmp_path, cfg), workdir=tmp_path / "work")
+    assert not (tmp_path / "work" / "results" / "unet-teacher-s0.json").exists()
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXPERIMENTS.glob("*.yaml")))
+def test_shipped_experiment_files_are_valid(name):
+    cfg = load_experiment(EXPERIMENTS / name)
+    assert len(plan_runs(cfg)) > 1
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", ["synapse_paper.yaml", "kits_paper.yaml"])
+def test_paper_configs_two_iteration_smoke(tmp_path, name):
+    """The GPU recipe (TransUNet teacher, SGD, every row) as shipped, shrunk to two iterations on tiny phantoms."""
+    cfg = yaml.safe_load((EXPERIMENTS / name).read_text())
+    full = load_experiment(EXPERIMENTS / name)
+    assert full["overrides"]["image_size"] == 224 and full["teacher"]["network"] == "transunet"
+    assert len(full["students"]) >= 4 and {"no_kd", "kd", "mskd", "emkd", "cwd", "ifvd", "skd"} <= set(full["methods"])
+    phantom = {**TINY_DATA["phantom"], "cases": 4, "task": cfg["overrides"]["task"]}
+    cfg.update(data={"phantom": phantom}, students={"enet": {}}, seeds=[0], output=str(tmp_path / "out"))
+    cfg["bundle"] = str(ROOT / cfg["bundle"])
+    # 2 training volumes x 2 slices / batch 2 = two iterations; the optimiser and everything else as shipped
+    cfg["overrides"].update(TINY, num_workers=0, teacher_kwargs={"img_size": 32})
+    mskd = cfg["methods"]["mskd"]
+    cfg["methods"] = {"mskd": {"overrides": {**mskd["overrides"], **mskd["candidates"][0]}}}
+    run_experiment(write(tmp_path, cfg), workdir=tmp_path / "work")
+    rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv", encoding="utf-8")))
+    assert [r["run"] for r in rows] == ["transunet-teacher-s0", "enet_from_transunet-mskd-s0"]
+    executed = json.loads((tmp_path / "work" / "configs" / "enet_from_transunet-mskd-s0.json").read_text())
+    assert executed["optimizer"]["_target_"] == "torch.optim.SGD" and executed["optimizer"]["momentum"] == 0.9
+    log = (tmp_path / "work" / "logs" / "enet_from_transunet-mskd-s0.log").read_text(encoding="utf-8")
+    assert "Engine run resuming from iteration 0, epoch 0 until 1 epochs" in log
