@@ -140,6 +140,15 @@ COVERED: dict[str, Covered] = {
     "--output_dir predictions --image_size 96": Covered(
         E2E + "test_inference_writes_labels_on_the_input_grid", "this command at the tiny run's image size"
     ),
+    # experiment matrices
+    "mskd experiment configs/experiments/phantom_cpu.yaml --dry-run": Covered(
+        "tests/test_experiment.py::test_shipped_experiment_files_are_valid",
+        "loads and plans every shipped experiment file, as --dry-run does",
+    ),
+    "mskd experiment configs/experiments/phantom_cpu.yaml": Covered(
+        "tests/test_experiment.py::test_tiny_matrix_end_to_end_nested_and_resumable",
+        "a two-student-row matrix on tiny phantoms, run twice (the second run resumes and skips)",
+    ),
 }
 
 

@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         "experiment",
         _experiment,
         "run (or resume) a matrix of teacher/student/method/seed runs from a YAML file, then tabulate it",
-        "mskd experiment matrix.yaml --workdir experiments/matrix --dry-run",
+        "mskd experiment configs/experiments/phantom_cpu.yaml --dry-run",
     )
     experiment.add_argument("config", help="the experiment YAML file")
     experiment.add_argument("--workdir", default=None, help="data, checkpoints, logs and the MLflow store")
