@@ -46,6 +46,10 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/networks.py
 	$(BIN)/python benchmarks/export.py
+	$(BIN)/python benchmarks/training_step.py
+	$(BIN)/python benchmarks/losses.py
+	$(BIN)/python benchmarks/inference.py
+	$(BIN)/python benchmarks/data.py
 
 # Figures in docs/ that are generated from code and data (the real CT sample lives outside the repository).
 figures: install

@@ -9,13 +9,12 @@ Each network is built with random weights (latency does not depend on them), exp
 writes; traced instead, and marked so, for networks that ``torch.jit.script`` cannot compile), then loaded back from
 the files. Latency: batch 1, 1×size×size input, ``--threads`` threads for all three runtimes (``torch.set_num_threads``;
 onnxruntime ``intra_op_num_threads``, sequential execution), ``--warmup`` runs each, then ``--repeats`` rounds that time
-eager, TorchScript and ONNX Runtime one after the other, so that load from other processes hits the three alike; the
-median per runtime. Parity: max |Δ| of the logits against eager on one random batch-1 input.
+eager, TorchScript and ONNX Runtime one after the other (``common.timed_rounds``), so that load from other processes
+hits the three alike; the median per runtime. Parity: max |Δ| of the logits against eager on one random batch-1 input.
 """
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 import warnings
@@ -48,7 +47,6 @@ def _torchscript(network: torch.nn.Module, path: Path, example: torch.Tensor) ->
 
 def measure(name: str, size: int, threads: int, warmup: int, repeats: int, workdir: Path) -> dict:
     """Export one network and time its three runtimes at batch 1, ``size``² (9 classes, 1 input channel)."""
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
     network = get_network(name, in_channels=1, out_channels=9).eval()
     x = torch.rand(1, 1, size, size)
@@ -81,18 +79,11 @@ def measure(name: str, size: int, threads: int, warmup: int, repeats: int, workd
     def onnxruntime() -> None:
         session.run(["logits"], feed)
 
-    runtimes = {"eager": eager, "torchscript": torchscript, "onnxruntime": onnxruntime}
-    times: dict[str, list[float]] = {k: [] for k in runtimes}
     with torch.inference_mode():
-        for run in runtimes.values():
-            for _ in range(warmup):
-                run()
-        for _ in range(repeats):
-            for key, run in runtimes.items():
-                start = time.perf_counter()
-                run()
-                times[key].append(time.perf_counter() - start)
-    latency = {k: 1000 * statistics.median(v) for k, v in times.items()}
+        timed = common.timed_rounds(
+            {"eager": eager, "torchscript": torchscript, "onnxruntime": onnxruntime}, warmup, repeats
+        )
+    latency = {k: 1000 * v["wall_s"] for k, v in timed.items()}
     return {
         "name": name,
         "params": count_parameters(network),
@@ -112,11 +103,10 @@ def measure(name: str, size: int, threads: int, warmup: int, repeats: int, workd
 def markdown(rows: list[dict], meta: dict) -> str:
     """The table written into docs/export.md."""
     lines = [
-        f"Measured by `benchmarks/export.py` on {meta['machine']}, {meta['threads']} threads, torch {meta['torch']}, "
-        f"onnxruntime {meta['onnxruntime']}: batch 1, 1×{meta['size']}×{meta['size']}, 9 classes, median of "
-        f"{meta['repeats']} interleaved rounds after {meta['warmup']} warm-up runs each. The CPU was shared with "
-        f"other jobs (1-minute load average {meta['load_average_at_start']:.1f} at the start, "
-        f"{meta['load_average_at_end']:.1f} at the end): read the ratios, not the milliseconds.",
+        common.provenance("export.py", meta),
+        "",
+        f"onnxruntime {meta['onnxruntime']}; batch 1, 1×{meta['size']}×{meta['size']}, 9 classes, wall-clock latency "
+        "of the three runtimes timed side by side.",
         "",
         "| network | params | eager (ms) | TorchScript (ms) | ONNX Runtime (ms) | **ORT ÷ eager** | TS ÷ eager "
         "| ONNX max \\|Δ\\| | TS max \\|Δ\\| | ONNX file (MB) |",
@@ -133,8 +123,10 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    args = common.parser(__doc__.splitlines()[0], NETWORKS, "export", "docs/export.md", repeats=20).parse_args()
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark with the command line ``argv`` (default ``sys.argv[1:]``)."""
+    p = common.parser(__doc__.splitlines()[0], NETWORKS, "export", "docs/export.md", repeats=20)
+    args = common.parse_args(p, quick={"networks": ["tiny_unet"], "size": 64}, argv=argv)
 
     meta = common.machine(args, onnxruntime=ort.__version__)
     rows = []

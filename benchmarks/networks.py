@@ -11,12 +11,8 @@ convolutions, matrix products and attention only, as that counter does).
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import common  # benchmarks/common.py (the scripts run from this folder)
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from mskd.networks import count_parameters, get_network, tap_points
 
@@ -33,28 +29,22 @@ REFERENCE = {
 BEGIN, END = "<!-- networks-table:begin -->", "<!-- networks-table:end -->"
 
 
-def measure(name: str, size: int, threads: int, warmup: int, repeats: int) -> dict:
+def measure(name: str, size: int, warmup: int, repeats: int) -> dict:
     """Parameters, GFLOPs, latency and taps of one network at ``size``² (9 classes, 1 input channel)."""
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
     net = get_network(name, in_channels=1, out_channels=9).eval()
     x = torch.rand(1, 1, size, size)
-    with torch.inference_mode():
-        counter = FlopCounterMode(display=False)
-        with counter:
+
+    def forward() -> None:
+        with torch.inference_mode():
             net(x)
-        for _ in range(warmup):
-            net(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            net(x)
-            times.append(time.perf_counter() - start)
+
+    latency = common.timed_rounds({"forward": forward}, warmup, repeats)["forward"]
     return {
         "name": name,
         "params": count_parameters(net),
-        "gflops": counter.get_total_flops() / 1e9,
-        "latency_ms": 1000 * statistics.median(times),
+        "gflops": common.gflops(net, x),
+        "latency_ms": 1000 * latency["wall_s"],
         "taps": {k: {"module": p, "stride": s} for k, (p, s) in tap_points(net).items()},
     }
 
@@ -62,9 +52,9 @@ def measure(name: str, size: int, threads: int, warmup: int, repeats: int) -> di
 def markdown(rows: list[dict], meta: dict) -> str:
     """The table written into docs/networks.md."""
     lines = [
-        f"Measured by `benchmarks/networks.py` on {meta['machine']}, {meta['threads']} threads, torch "
-        f"{meta['torch']}: batch 1, 1×{meta['size']}×{meta['size']}, 9 classes, median of {meta['repeats']} runs "
-        f"after {meta['warmup']} warm-up runs.",
+        common.provenance("networks.py", meta),
+        "",
+        f"Batch 1, 1×{meta['size']}×{meta['size']}, 9 classes, wall-clock latency.",
         "",
         "| network | params | GFLOPs | CPU latency (ms) | published params | reference (params / latency) "
         "| taps (stride) |",
@@ -80,13 +70,15 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    args = common.parser(__doc__.splitlines()[0], NETWORKS, "networks", "docs/networks.md", repeats=10).parse_args()
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark with the command line ``argv`` (default ``sys.argv[1:]``)."""
+    p = common.parser(__doc__.splitlines()[0], NETWORKS, "networks", "docs/networks.md", repeats=10)
+    args = common.parse_args(p, quick={"networks": ["tiny_unet"], "size": 64}, argv=argv)
 
     meta = common.machine(args)
     rows = []
     for name in args.networks:
-        rows.append(measure(name, args.size, args.threads, args.warmup, args.repeats))
+        rows.append(measure(name, args.size, args.warmup, args.repeats))
         print(
             f"{name:18s} {rows[-1]['params']:>12,} params {rows[-1]['gflops']:8.2f} GFLOPs "
             f"{rows[-1]['latency_ms']:8.1f} ms"

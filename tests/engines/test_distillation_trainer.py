@@ -5,7 +5,12 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
 from mskd.engines import LOSS_TERMS, DistillationTrainer, loss_terms
-from mskd.losses import DistillationLoss, FeatureFilteringDistillationLoss, LogitDistillationLoss
+from mskd.losses import (
+    DistillationLoss,
+    FeatureFilteringDistillationLoss,
+    LogitDistillationLoss,
+    RegionGraphDistillationLoss,
+)
 
 TAPS = {"low": "model.0", "high": "model.1.submodule"}
 
@@ -113,3 +118,91 @@ def test_autocast_path_runs_on_cpu_in_bfloat16():
     terms = trainer.state.output[LOSS_TERMS]
     assert all(torch.isfinite(v) for v in terms.values())
     assert trainer.state.output["pred"].dtype == torch.bfloat16
+
+
+def _mskd_loss():
+    return DistillationLoss(
+        seg_loss=DiceCELoss(to_onehot_y=True, softmax=True),
+        terms={
+            "kd": {"loss": LogitDistillationLoss(temperature=4.0), "weight": 0.1},
+            "ffd": {"loss": FeatureFilteringDistillationLoss(band_radius=1), "weight": 0.9, "stages": ["low", "high"]},
+            "rgd": {"loss": RegionGraphDistillationLoss(), "weight": 0.9, "stages": ["low", "high"]},
+        },
+    )
+
+
+def _one_step(**options):
+    """One iteration of a fresh trainer (same seeds every time): its loss terms and the student's gradients."""
+    teacher, student = _net((8, 16, 32)), _net((4, 8, 16))
+    trainer = _trainer(teacher, student, loss=_mskd_loss(), **options)
+    trainer.run()
+    grads = {name: p.grad.clone() for name, p in student.named_parameters()}
+    return trainer, trainer.state.output[LOSS_TERMS], grads
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bfloat16_teacher_targets_stay_within_tolerance_of_float32(seed):
+    # The tolerance that docs/performance.md states for teacher_autocast="bfloat16": teacher logits and features
+    # within 3 % of their largest magnitude, >= 98 % of pixels with the same argmax, the loss within 1 %.
+    torch.manual_seed(seed)
+    images, labels = torch.rand(2, 1, 32, 32), torch.randint(0, 3, (2, 1, 32, 32)).float()
+    teacher, student = _net((8, 16, 32)), _net((4, 8, 16))
+    full = _trainer(teacher, student, loss=_mskd_loss())
+    half = _trainer(teacher, student, loss=_mskd_loss(), teacher_autocast="bfloat16")
+    logits, features = full.teacher_forward(images)
+    logits_bf16, features_bf16 = half.teacher_forward(images)
+    assert logits_bf16.dtype == torch.bfloat16 and all(f.dtype == torch.bfloat16 for f in features_bf16.values())
+    for reference, value in [(logits, logits_bf16), *((features[k], features_bf16[k]) for k in features)]:
+        assert (value.float() - reference).abs().max() <= 0.03 * reference.abs().max()
+    assert (logits_bf16.argmax(1) == logits.argmax(1)).float().mean() >= 0.98
+    with full.student_feature_taps as taps:
+        student_logits = student(images)
+    loss = full.loss_function(student_logits, logits, labels, taps.features, features)["loss"]
+    loss_bf16 = full.loss_function(student_logits, logits_bf16, labels, taps.features, features_bf16)["loss"]
+    torch.testing.assert_close(loss_bf16, loss, rtol=0.01, atol=0)
+
+
+@pytest.mark.parametrize(
+    "options", [{"channels_last": True}, {"compile": True, "compile_kwargs": {"backend": "eager"}}]
+)
+def test_speed_options_give_the_default_step(options):
+    # compile: the eager backend traces both networks and their taps with TorchDynamo as inductor would, without
+    # inductor's code generation (tens of seconds per network on a CPU; benchmarks/training_step.py measures it).
+    _, terms, grads = _one_step()
+    trainer, terms_option, grads_option = _one_step(**options)
+    torch.testing.assert_close(terms_option, terms, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grads_option, grads, rtol=1e-3, atol=1e-5)
+    if options.get("channels_last"):
+        assert all(
+            p.is_contiguous(memory_format=torch.channels_last) for p in trainer.teacher.parameters() if p.ndim == 4
+        )
+    if options.get("compile"):
+        assert isinstance(trainer.teacher, torch._dynamo.eval_frame.OptimizedModule)
+        assert isinstance(trainer.network, torch._dynamo.eval_frame.OptimizedModule)
+
+
+def test_loss_gets_the_iteration_when_it_takes_one():
+    seen = []
+
+    def with_iteration(student_logits, teacher_logits, target, student_features, teacher_features, *, iteration):
+        seen.append(iteration)
+        return {"loss": student_logits.mean()}
+
+    def without(student_logits, teacher_logits, target, student_features, teacher_features):
+        return {"loss": student_logits.mean()}
+
+    _trainer(_net((8, 16, 32)), _net((4, 8, 16)), loss=with_iteration).run()
+    assert seen == [1, 2]  # ignite counts iterations from 1
+    _trainer(_net((8, 16, 32)), _net((4, 8, 16)), loss=without).run()  # called without the keyword
+    assert _trainer(_net((8, 16, 32)), _net((4, 8, 16))).loss_takes_iteration  # DistillationLoss(..., iteration=)
+
+
+@pytest.mark.parametrize("value", ["float32", torch.float32, "half"])
+def test_teacher_autocast_must_be_a_half_precision_dtype(value):
+    with pytest.raises(ValueError, match="float16|bfloat16"):
+        _trainer(_net((8, 16, 32)), _net((4, 8, 16)), teacher_autocast=value)
+
+
+def test_float16_teacher_on_cpu_warns():
+    with pytest.warns(UserWarning, match="use 'bfloat16'"):
+        _trainer(_net((8, 16, 32)), _net((4, 8, 16)), teacher_autocast=torch.float16)

@@ -2,31 +2,68 @@
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
+from monai.data import MetaTensor
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
+from monai.utils import look_up_option
 from torch import nn
 
 from mskd.networks.taps import FeatureTaps, unwrap_network
 
-__all__ = ["DistillationTrainer", "LOSS_TERMS"]
+__all__ = ["DistillationTrainer", "LOSS_TERMS", "TEACHER_AUTOCAST_DTYPES"]
 
 LOSS_TERMS = "loss_terms"  # engine output key holding the named loss terms
+TEACHER_AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _autocast_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
+    """``teacher_autocast`` as a dtype: ``None``, ``"bfloat16"`` (``torch.bfloat16``) or ``"float16"``."""
+    if value is None:
+        return None
+    if isinstance(value, torch.dtype):
+        if value not in TEACHER_AUTOCAST_DTYPES.values():
+            raise ValueError(f"teacher_autocast must be bfloat16 or float16 (or None for float32), got {value}.")
+        return value
+    return look_up_option(value, TEACHER_AUTOCAST_DTYPES)
+
+
+def _takes_iteration(loss_function: Callable) -> bool:
+    """Whether the loss accepts the keyword ``iteration`` (e.g. for the warm-up of :class:`DistillationLoss`)."""
+    # an nn.Module's own signature is `(*args, **kwargs)`: read its forward instead
+    target = loss_function.forward if isinstance(loss_function, nn.Module) else loss_function
+    parameters = inspect.signature(target).parameters.values()
+    return any(p.name == "iteration" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 class DistillationTrainer(SupervisedTrainer):
     """``SupervisedTrainer`` whose loss also sees a frozen teacher's logits and both networks' tapped features.
 
-    One iteration: the teacher runs in eval mode under ``torch.no_grad()`` with its taps; the student runs with its
-    taps; ``loss_function`` (a :class:`mskd.losses.DistillationLoss`) returns named terms; the total is
-    back-propagated into the student only. The standard ``IterationEvents`` fire as in ``SupervisedTrainer``, and
-    ``engine.state.output`` holds ``image``, ``label``, ``pred``, ``loss`` and ``loss_terms`` (detached tensors, one
-    per term) so that handlers can log every term. Loss weights live in the loss, not here.
+    One iteration: the teacher runs in eval mode under ``torch.no_grad()`` with its taps
+    (:meth:`teacher_forward`); the student runs with its taps; ``loss_function`` (a
+    :class:`mskd.losses.DistillationLoss`) returns named terms; the total is back-propagated into the student only.
+    The standard ``IterationEvents`` fire as in ``SupervisedTrainer``, and ``engine.state.output`` holds ``image``,
+    ``label``, ``pred``, ``loss`` and ``loss_terms`` (detached tensors, one per term) so that handlers can log every
+    term. Loss weights live in the loss, not here. Nothing in the iteration waits for the device (no ``.item()``):
+    a handler that reads a loss value does.
+
+    Speed options (docs/performance.md has their measured effect):
+
+    - ``teacher_autocast``: run the teacher alone under ``torch.autocast`` in bfloat16 or float16, whatever ``amp``
+      says for the student. The distillation targets then carry that precision (bfloat16: about 3 significant
+      digits); the losses compute in float32. float16 is meant for CUDA: on CPU it is emulated and slow.
+    - ``channels_last``: both networks and the input batch in ``torch.channels_last`` memory format (set once at
+      construction; with DDP, wrap a network that is already channels-last).
+    - ``compile`` / ``compile_kwargs`` (``SupervisedTrainer`` arguments): ``torch.compile`` the teacher as well as the
+      student. Taps still work (the hooks are traced). The networks then get plain tensors, so ``pred`` is a plain
+      tensor even for ``MetaTensor`` input.
 
     Args:
         device: device to train on.
@@ -35,15 +72,18 @@ class DistillationTrainer(SupervisedTrainer):
         network: the student.
         optimizer: optimiser of the student's parameters.
         loss_function: callable ``(student_logits, teacher_logits, target, student_features, teacher_features)``
-            returning a dict with key ``"loss"`` (the total) and one entry per term.
+            returning a dict with key ``"loss"`` (the total) and one entry per term; when it accepts the keyword
+            ``iteration``, it gets ``engine.state.iteration`` (1 at the first step).
         teacher: the teacher; it is frozen (``requires_grad_(False)``) and kept in eval mode.
         student_taps: tap name -> sub-module path of the student.
         teacher_taps: tap name -> sub-module path of the teacher; must have the same tap names.
-        kwargs: every other ``SupervisedTrainer`` argument (``amp``, ``inferer``, ``train_handlers``, ...).
+        teacher_autocast: ``None`` (the teacher follows ``amp``), ``"bfloat16"`` or ``"float16"`` (or the torch dtypes).
+        channels_last: use the channels-last memory format for both networks and the inputs.
+        kwargs: every other ``SupervisedTrainer`` argument (``amp``, ``inferer``, ``train_handlers``, ``compile``, ...).
 
     Raises:
-        ValueError: when tap names differ between the networks, a tap path does not exist, or the loss needs a
-            stage that is not tapped.
+        ValueError: when tap names differ between the networks, a tap path does not exist, the loss needs a stage that
+            is not tapped, or ``teacher_autocast`` is not a supported dtype.
     """
 
     def __init__(
@@ -57,8 +97,17 @@ class DistillationTrainer(SupervisedTrainer):
         teacher: nn.Module,
         student_taps: Mapping[str, str] | None = None,
         teacher_taps: Mapping[str, str] | None = None,
+        teacher_autocast: str | torch.dtype | None = None,
+        channels_last: bool = False,
         **kwargs: Any,
     ) -> None:
+        self.teacher_autocast = _autocast_dtype(teacher_autocast)
+        if self.teacher_autocast == torch.float16 and torch.device(device).type == "cpu":
+            warnings.warn("teacher_autocast='float16' on CPU is emulated and slow; use 'bfloat16'.", stacklevel=2)
+        self.channels_last = channels_last
+        if channels_last:  # in place: the optimiser keeps the same parameter objects
+            unwrap_network(network).to(memory_format=torch.channels_last)
+            teacher.to(memory_format=torch.channels_last)
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -68,7 +117,8 @@ class DistillationTrainer(SupervisedTrainer):
             loss_function=loss_function,
             **kwargs,
         )
-        # Built once: the module paths are checked here, not at every iteration; each `with` re-hooks them.
+        # Built once on the plain modules: the module paths are checked here, not at every iteration; each `with`
+        # re-hooks them (a compiled network traces the hooks).
         self.student_feature_taps = FeatureTaps(network, student_taps)
         self.teacher_feature_taps = FeatureTaps(teacher, teacher_taps)
         names = set(self.student_feature_taps.taps)
@@ -81,7 +131,43 @@ class DistillationTrainer(SupervisedTrainer):
         missing = sorted(set(needed) - names)
         if missing:
             raise ValueError(f"the loss needs stages {missing} but the taps define only {sorted(names)}")
-        self.teacher = teacher.requires_grad_(False).eval()
+        teacher.requires_grad_(False).eval()
+        self.teacher = torch.compile(teacher, **(kwargs.get("compile_kwargs") or {})) if self.compile else teacher
+        self.loss_takes_iteration = _takes_iteration(loss_function)
+
+    def _autocast(self, dtype: torch.dtype | None = None) -> AbstractContextManager:
+        """Autocast of a forward pass: ``dtype`` when given, else the ``amp`` settings, else none."""
+        if dtype is not None:
+            return torch.autocast(self.state.device.type, dtype=dtype)
+        return torch.autocast(self.state.device.type, **self.amp_kwargs) if self.amp else nullcontext()
+
+    def _network_input(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The batch as the networks take it: a plain tensor when compiled (pytorch#117026), channels-last if set."""
+        if self.compile and isinstance(inputs, MetaTensor):
+            inputs = inputs.as_tensor()
+        if self.channels_last and inputs.ndim == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return inputs
+
+    def teacher_forward(self, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, dict]:
+        """The teacher's logits and tapped features for a batch, exactly as an iteration computes them.
+
+        The teacher runs in eval mode under ``torch.no_grad()``, under ``teacher_autocast`` when set. Not
+        ``torch.inference_mode()``: it measured no faster here (docs/performance.md) and its tensors cannot be saved
+        for backward, which a loss multiplying student by teacher tensors would need.
+
+        Args:
+            inputs: the network input batch (already on the device, see :meth:`_network_input`).
+            args: extra positional arguments of the inferer.
+            kwargs: extra keyword arguments of the inferer.
+
+        Returns:
+            ``(teacher_logits, {tap name: features})``.
+        """
+        unwrap_network(self.teacher).eval()
+        with torch.no_grad(), self._autocast(self.teacher_autocast), self.teacher_feature_taps as taps:
+            logits = self.inferer(inputs, self.teacher, *args, **kwargs)
+        return logits, taps.features
 
     def _iteration(self, engine: DistillationTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
         """Run one distillation step; see the class docstring for what goes into ``engine.state.output``."""
@@ -91,24 +177,23 @@ class DistillationTrainer(SupervisedTrainer):
         inputs, targets = batch[0], batch[1]
         args, kwargs = (batch[2], batch[3]) if len(batch) == 4 else ((), {})
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
-        autocast = torch.autocast(engine.state.device.type, **engine.amp_kwargs) if engine.amp else nullcontext()
-
-        unwrap_network(engine.teacher).eval()
-        with torch.no_grad(), autocast, engine.teacher_feature_taps as teacher_taps:
-            teacher_logits = engine.inferer(inputs, engine.teacher, *args, **kwargs)
+        inputs = engine._network_input(inputs)
+        teacher_logits, teacher_features = engine.teacher_forward(inputs, *args, **kwargs)
 
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        with autocast:
+        with engine._autocast():
             with engine.student_feature_taps as student_taps:
                 engine.state.output[Keys.PRED] = engine.inferer(inputs, engine.network, *args, **kwargs)
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            step = {"iteration": engine.state.iteration} if engine.loss_takes_iteration else {}
             terms = engine.loss_function(
                 engine.state.output[Keys.PRED],
                 teacher_logits,
                 targets,
                 student_taps.features,
-                teacher_taps.features,
+                teacher_features,
+                **step,
             )
         loss = terms["loss"]
         engine.state.output[Keys.LOSS] = loss
