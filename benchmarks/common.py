@@ -103,13 +103,17 @@ def timed_rounds(
         repeats: timed rounds.
 
     Returns:
-        name -> ``{"wall_s": median wall-clock seconds, "cpu_s": median CPU seconds of this process}``. CPU time
-        (all threads of the process) is what a variant costs; on a busy machine the wall-clock time also holds the
-        time spent waiting for a core.
+        name -> ``{"wall_s": median wall-clock seconds, "cpu_s": median CPU seconds of this process,
+        "warmup_wall_s": wall-clock seconds of the warm-up runs}``. CPU time (all threads of the process) is what a
+        variant costs; on a busy machine the wall-clock time also holds the time spent waiting for a core. The
+        warm-up time shows one-off costs (e.g. ``torch.compile``).
     """
-    for run in variants.values():
+    warmup_wall = {}
+    for key, run in variants.items():
+        start = time.perf_counter()
         for _ in range(warmup):
             run()
+        warmup_wall[key] = time.perf_counter() - start
     wall: dict[str, list[float]] = {k: [] for k in variants}
     cpu: dict[str, list[float]] = {k: [] for k in variants}
     for round_ in range(repeats):
@@ -119,7 +123,10 @@ def timed_rounds(
             run()
             cpu[key].append(time.process_time() - start_cpu)
             wall[key].append(time.perf_counter() - start_wall)
-    return {k: {"wall_s": statistics.median(wall[k]), "cpu_s": statistics.median(cpu[k])} for k in variants}
+    return {
+        k: {"wall_s": statistics.median(wall[k]), "cpu_s": statistics.median(cpu[k]), "warmup_wall_s": warmup_wall[k]}
+        for k in variants
+    }
 
 
 def gflops(network: torch.nn.Module, *inputs: torch.Tensor) -> float:

@@ -18,7 +18,8 @@ For each teacher→student pair at its size (``--pairs teacher:student@size``; b
 - **loss**: forward + backward of the configuration's distillation terms alone (segmentation loss excluded) on
   the tensors of a real step (student outputs as leaf tensors), i.e. what the terms add to a step;
 - **MSKD step with each trainer option** (``--options``): ``channels_last``, ``teacher_autocast="bfloat16"``,
-  ``compile`` (``torch.compile`` of both networks; minutes of compilation on a CPU, so only when asked for).
+  ``compile`` (``torch.compile`` of both networks; minutes of compilation on a CPU, so only when asked for), and
+  the MSKD terms alone on that trainer's tensors (the option changes the teacher's outputs: layout or precision).
 
 Reported: KD step ÷ floor (floor = teacher forward + student step), loss ÷ KD step, option step ÷ default step, in
 CPU time of the process (what the step costs) and wall-clock time.
@@ -108,7 +109,7 @@ def distillation_trainer(
 
 def loss_alone(trainer: DistillationTrainer, batch: dict, terms: dict) -> Any:
     """Forward + backward of ``terms`` alone on the tensors of one real step (student outputs as leaf tensors)."""
-    inputs, target = batch["image"], batch["label"]
+    inputs, target = trainer._network_input(batch["image"]), batch["label"]
     teacher_logits, teacher_features = trainer.teacher_forward(inputs)
     with torch.no_grad(), trainer.student_feature_taps as taps:
         student_logits = trainer.network(inputs)
@@ -160,6 +161,7 @@ def measure(pair: str, batch_size: int, configs: dict, options: list[str], warmu
     for option in options:
         trainer = distillation_trainer(teacher, student_name, batch, configs["MSKD"], **OPTIONS[option])
         variants[f"MSKD step {option}"] = lambda t=trainer: t._iteration(t, batch)
+        variants[f"loss MSKD {option}"] = loss_alone(trainer, batch, configs["MSKD"])
     seconds = common.timed_rounds(variants, warmup, repeats)
 
     def ratio(a: str, b: dict[str, float] | str) -> dict[str, float]:
@@ -179,6 +181,9 @@ def measure(pair: str, batch_size: int, configs: dict, options: list[str], warmu
         "step_over_floor": {name: ratio(f"KD step {name}", floor) for name in configs},
         "loss_share_of_step": {name: ratio(f"loss {name}", f"KD step {name}") for name in configs},
         "option_over_default": {option: ratio(f"MSKD step {option}", "KD step MSKD") for option in options},
+        "option_loss_share_of_step": {
+            option: ratio(f"loss MSKD {option}", f"MSKD step {option}") for option in options
+        },
         "inference_mode_over_no_grad": ratio("teacher forward (inference_mode)", "teacher forward"),
     }
 
@@ -211,20 +216,30 @@ def markdown(rows: list[dict], meta: dict) -> str:
             )
     lines += [
         "",
-        "Trainer options, MSKD step with the option ÷ MSKD step without (below 1 = faster); teacher forward under "
-        "`inference_mode` ÷ under `no_grad`:",
+        "Trainer options with MSKD: the step with the option ÷ the default step (below 1 = faster), and the MSKD "
+        "terms' share of that step; teacher forward under `inference_mode` ÷ under `no_grad` (not an option: see the "
+        "reading).",
         "",
-        "| pair | size | " + " | ".join(OPTIONS) + " | inference_mode ÷ no_grad |",
-        "|---|---|" + "---|" * (len(OPTIONS) + 1),
+        "| pair | size | default: MSKD share | "
+        + " | ".join(f"{o}: step ÷ default | {o}: MSKD share" for o in OPTIONS)
+        + " | inference_mode ÷ no_grad |",
+        "|---|---|---|" + "---|---|" * len(OPTIONS) + "---|",
     ]
     for r in rows:
-        cells = [
-            f"{o['cpu_s']:.2f} / {o['wall_s']:.2f}" if (o := r["option_over_default"].get(name)) else "—"
-            for name in OPTIONS
-        ]
-        im = r["inference_mode_over_no_grad"]
+        cells = []
+        for name in OPTIONS:
+            if name in r["option_over_default"]:
+                over, share = r["option_over_default"][name], r["option_loss_share_of_step"][name]
+                cells += [
+                    f"**{over['cpu_s']:.2f}** / {over['wall_s']:.2f}",
+                    f"{100 * share['cpu_s']:.1f} % / {100 * share['wall_s']:.1f} %",
+                ]
+            else:
+                cells += ["—", "—"]
+        share, im = r["loss_share_of_step"].get("MSKD"), r["inference_mode_over_no_grad"]
+        default = f"{100 * share['cpu_s']:.1f} % / {100 * share['wall_s']:.1f} %" if share else "—"
         lines.append(
-            f"| {r['teacher']} → {r['student']} | {r['size']}² | "
+            f"| {r['teacher']} → {r['student']} | {r['size']}² | {default} | "
             + " | ".join(cells)
             + f" | {im['cpu_s']:.2f} / {im['wall_s']:.2f} |"
         )

@@ -203,14 +203,16 @@ def test_paper_configs_two_iteration_smoke(tmp_path, name):
     phantom = {**TINY_DATA["phantom"], "cases": 4, "task": cfg["overrides"]["task"]}
     cfg.update(data={"phantom": phantom}, students={"enet": {}}, seeds=[0], output=str(tmp_path / "out"))
     cfg["bundle"] = str(ROOT / cfg["bundle"])
-    # 2 training volumes x 2 slices / batch 2 = two iterations; the optimiser and everything else as shipped
+    # 2 training volumes x 2 slices / batch 2 = two iterations; the optimiser, rows and options as shipped. The
+    # teacher is TransUNet's scaled-down variant: the full one writes ~1 GB of checkpoints per run (asserted above)
+    cfg["teacher"]["network"] = "transunet_small"
     cfg["overrides"].update(TINY, num_workers=0, teacher_kwargs={"img_size": 32})
     mskd = cfg["methods"]["mskd"]
     cfg["methods"] = {"mskd": {"overrides": {**mskd["overrides"], **mskd["candidates"][0]}}}
     run_experiment(write(tmp_path, cfg), workdir=tmp_path / "work")
     rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv", encoding="utf-8")))
-    assert [r["run"] for r in rows] == ["transunet-teacher-s0", "enet_from_transunet-mskd-s0"]
-    executed = json.loads((tmp_path / "work" / "configs" / "enet_from_transunet-mskd-s0.json").read_text())
+    assert [r["run"] for r in rows] == ["transunet_small-teacher-s0", "enet_from_transunet_small-mskd-s0"]
+    executed = json.loads((tmp_path / "work" / "configs" / "enet_from_transunet_small-mskd-s0.json").read_text())
     assert executed["optimizer"]["_target_"] == "torch.optim.SGD" and executed["optimizer"]["momentum"] == 0.9
-    log = (tmp_path / "work" / "logs" / "enet_from_transunet-mskd-s0.log").read_text(encoding="utf-8")
+    log = (tmp_path / "work" / "logs" / "enet_from_transunet_small-mskd-s0.log").read_text(encoding="utf-8")
     assert "Engine run resuming from iteration 0, epoch 0 until 1 epochs" in log

@@ -57,8 +57,10 @@ class DistillationTrainer(SupervisedTrainer):
     Speed options (docs/performance.md has their measured effect):
 
     - ``teacher_autocast``: run the teacher alone under ``torch.autocast`` in bfloat16 or float16, whatever ``amp``
-      says for the student. The distillation targets then carry that precision (bfloat16: about 3 significant
-      digits); the losses compute in float32. float16 is meant for CUDA: on CPU it is emulated and slow.
+      says for the student. The distillation targets then carry that precision; the losses compute in float32.
+      bfloat16 keeps the teacher's logits and features within 3 % of their largest float32 magnitude, 98 % of the
+      pixels' argmax and the total loss within 1 % (tests/engines). For GPUs and CPUs with native bfloat16 (AMX,
+      AVX512-BF16); elsewhere it is emulated and slower. float16 is for CUDA only.
     - ``channels_last``: both networks and the input batch in ``torch.channels_last`` memory format (set once at
       construction; with DDP, wrap a network that is already channels-last).
     - ``compile`` / ``compile_kwargs`` (``SupervisedTrainer`` arguments): ``torch.compile`` the teacher as well as the
