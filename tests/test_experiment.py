@@ -196,7 +196,7 @@ def test_shipped_experiment_files_are_valid(name):
 @pytest.mark.parametrize("name", ["synapse_paper.yaml", "kits_paper.yaml"])
 def test_paper_configs_two_iteration_smoke(tmp_path, name):
     """The GPU recipe (TransUNet teacher, SGD, every row) as shipped, shrunk to two iterations on tiny phantoms."""
-    cfg = yaml.safe_load((EXPERIMENTS / name).read_text())
+    cfg = yaml.safe_load((EXPERIMENTS / name).read_text(encoding="utf-8"))
     full = load_experiment(EXPERIMENTS / name)
     assert full["overrides"]["image_size"] == 224 and full["teacher"]["network"] == "transunet"
     assert len(full["students"]) >= 4 and {"no_kd", "kd", "mskd", "emkd", "cwd", "ifvd", "skd"} <= set(full["methods"])

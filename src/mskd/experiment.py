@@ -193,7 +193,9 @@ def load_experiment(path: str | os.PathLike) -> dict[str, Any]:
 def _config_keys(bundle: Path, files: Sequence[str]) -> set[str]:
     keys: set[str] = set()
     for name in files:
-        keys |= {k.lstrip("+").split("#")[0] for k in json.loads((bundle / "configs" / name).read_text())}
+        keys |= {
+            k.lstrip("+").split("#")[0] for k in json.loads((bundle / "configs" / name).read_text(encoding="utf-8"))
+        }
     return keys
 
 
