@@ -62,7 +62,9 @@ class DistillationTrainer(SupervisedTrainer):
       pixels' argmax and the total loss within 1 % (tests/engines). For GPUs and CPUs with native bfloat16 (AMX,
       AVX512-BF16); elsewhere it is emulated and slower. float16 is for CUDA only.
     - ``channels_last``: both networks and the input batch in ``torch.channels_last`` memory format (set once at
-      construction; with DDP, wrap a network that is already channels-last).
+      construction; with DDP, wrap a network that is already channels-last). The teacher's logits and features come
+      out channels-last too, which also makes the losses' per-pixel work over classes and channels (argmax,
+      bilinear resizing) faster.
     - ``compile`` / ``compile_kwargs`` (``SupervisedTrainer`` arguments): ``torch.compile`` the teacher as well as the
       student. Taps still work (the hooks are traced). The networks then get plain tensors, so ``pred`` is a plain
       tensor even for ``MetaTensor`` input.
