@@ -8,7 +8,7 @@ from monai.utils import LossReduction
 from torch import Tensor
 
 from mskd.losses.base import DistillationTermLoss, check_real
-from mskd.losses.regions import class_prototypes, one_hot_labels, resize_labels, resize_to_common_size
+from mskd.losses.regions import class_prototypes, label_regions, resize_to_common_size
 
 __all__ = ["IntraClassFeatureVariationLoss", "intra_class_variation_map"]
 
@@ -70,7 +70,7 @@ class IntraClassFeatureVariationLoss(DistillationTermLoss):
             ``(B,)`` per-sample values.
         """
         feat_s, feat_t = resize_to_common_size(student, teacher)
-        regions = one_hot_labels(resize_labels(target, feat_s.shape[-2:]), teacher_logits.shape[1], feat_s.dtype)
+        regions = label_regions(target, feat_s.shape[-2:], teacher_logits.shape[1], feat_s.dtype)
         map_s = intra_class_variation_map(feat_s, regions, self.eps)
         map_t = intra_class_variation_map(feat_t, regions, self.eps)
         return (map_s - map_t).pow(2).mean(dim=(1, 2))

@@ -7,7 +7,7 @@ from monai.utils import LossReduction
 from torch import Tensor
 
 from mskd.losses.base import DistillationTermLoss, check_real
-from mskd.losses.regions import class_prototypes, one_hot_labels, resize_labels, resize_to_common_size
+from mskd.losses.regions import class_prototypes, label_regions, resize_to_common_size
 
 __all__ = ["RegionAffinityDistillationLoss", "background_affinity"]
 
@@ -70,7 +70,7 @@ class RegionAffinityDistillationLoss(DistillationTermLoss):
             ``(B,)`` per-sample values.
         """
         feat_s, feat_t = resize_to_common_size(student, teacher)
-        regions = one_hot_labels(resize_labels(target, feat_s.shape[-2:]), teacher_logits.shape[1], feat_s.dtype)
+        regions = label_regions(target, feat_s.shape[-2:], teacher_logits.shape[1], feat_s.dtype)
         present = regions.sum(dim=(2, 3)) > 0  # B, K
         pairs = (present[:, 1:] & present[:, :1]).to(feat_s.dtype)  # B, K-1: background and class k both present
         diff = background_affinity(feat_s, regions, self.eps) - background_affinity(feat_t, regions, self.eps)

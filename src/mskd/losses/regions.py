@@ -22,6 +22,7 @@ from monai.networks import one_hot
 from torch import Tensor
 
 __all__ = [
+    "label_regions",
     "check_labels",
     "class_prototypes",
     "common_size",
@@ -138,6 +139,21 @@ def one_hot_labels(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.
         ``B, K, H, W`` one-hot tensor ``Y`` with ``Y_kp = [y_p = k]``.
     """
     return one_hot(labels.long(), num_classes=num_classes, dtype=dtype, dim=1)
+
+
+def label_regions(target: Tensor, size: Sequence[int], num_classes: int, dtype: torch.dtype) -> Tensor:
+    """One-hot class regions of ``target`` at a feature map's ``size``: ``one_hot_labels(resize_labels(...))``.
+
+    Args:
+        target: labels ``B, 1, H0, W0``.
+        size: the feature map's ``(H, W)``.
+        num_classes: ``K``.
+        dtype: dtype of the result (the features' dtype).
+
+    Returns:
+        ``B, K, H, W`` one-hot regions.
+    """
+    return one_hot_labels(resize_labels(target, size), num_classes, dtype)
 
 
 def dilate_mask(mask: Tensor, radius: int) -> Tensor:

@@ -8,7 +8,7 @@ from monai.utils import LossReduction
 from torch import Tensor
 
 from mskd.losses.base import DistillationTermLoss, check_int, check_real
-from mskd.losses.regions import class_prototypes, one_hot_labels, resize_labels, resize_to_common_size
+from mskd.losses.regions import class_prototypes, label_regions, resize_to_common_size
 
 __all__ = ["RegionGraphDistillationLoss", "grid_subregions", "normalized_region_graph"]
 
@@ -116,8 +116,8 @@ class RegionGraphDistillationLoss(DistillationTermLoss):
             ``(B,)`` per-sample values.
         """
         feat_s, feat_t = resize_to_common_size(student, teacher)
-        labels = resize_labels(target, feat_s.shape[-2:])
-        regions = grid_subregions(one_hot_labels(labels, teacher_logits.shape[1], dtype=feat_s.dtype), self.subregions)
+        regions = label_regions(target, feat_s.shape[-2:], teacher_logits.shape[1], feat_s.dtype)
+        regions = grid_subregions(regions, self.subregions)
         present = regions.sum(dim=(2, 3)) > 0  # B, N
         graph_s = normalized_region_graph(class_prototypes(feat_s, regions, self.eps), present, self.eps)
         graph_t = normalized_region_graph(class_prototypes(feat_t, regions, self.eps), present, self.eps)
