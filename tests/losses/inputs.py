@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def random_inputs(
@@ -22,3 +23,16 @@ def random_inputs(
     target = torch.randint(0, classes, (batch, 1, size, size))
     teacher_logits = torch.randn(batch, classes, size, size)
     return student, teacher, target, teacher_logits
+
+
+def zero_cases() -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(case, student, teacher) pairs that a term invariant to scale, tiled channels and resizing scores 0."""
+    torch.manual_seed(1)
+    base = torch.randn(2, 3, 8, 8)
+    small = torch.randn(2, 5, 4, 4)
+    return [
+        ("identical", base.clone(), base),
+        ("scaled", 3.0 * base, base),
+        ("tiled channels 3 vs 6", base, base.repeat(1, 2, 1, 1)),
+        ("teacher = upsampled student", small, F.interpolate(small, size=(8, 8), mode="bilinear")),
+    ]

@@ -6,12 +6,11 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mskd.losses import IntraClassFeatureVariationLoss
 from mskd.losses.ifvd import intra_class_variation_map
 from mskd.losses.regions import one_hot_labels
-from tests.losses.inputs import random_inputs
+from tests.losses.inputs import random_inputs, zero_cases
 
 R = 1 / math.sqrt(2)
 
@@ -50,19 +49,7 @@ def test_variation_map_hand() -> None:
     torch.testing.assert_close(ifv, torch.tensor([[[R, R], [1.0, 1.0]]]))
 
 
-def _zero_cases() -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    torch.manual_seed(1)
-    base = torch.randn(2, 3, 8, 8)
-    small = torch.randn(2, 5, 4, 4)
-    return [
-        ("identical", base.clone(), base),
-        ("scaled", 3.0 * base, base),
-        ("tiled channels 3 vs 6", base, base.repeat(1, 2, 1, 1)),
-        ("teacher = upsampled student", small, F.interpolate(small, size=(8, 8), mode="bilinear")),
-    ]
-
-
-@pytest.mark.parametrize(("case", "student", "teacher"), _zero_cases())
+@pytest.mark.parametrize(("case", "student", "teacher"), zero_cases())
 def test_zero_when_maps_identical(case: str, student: torch.Tensor, teacher: torch.Tensor) -> None:
     _, _, target, teacher_logits = random_inputs()
     value = IntraClassFeatureVariationLoss()(student, teacher, target, teacher_logits)

@@ -6,11 +6,10 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mskd.losses import ImportanceMapDistillationLoss
 from mskd.losses.imd import importance_map
-from tests.losses.inputs import random_inputs
+from tests.losses.inputs import random_inputs, zero_cases
 
 UNIFORM = torch.ones(1, 1, 2, 2)  # teacher: |F|^p = 1 everywhere -> a^T = (1/2, 1/2, 1/2, 1/2) for any p
 
@@ -48,19 +47,7 @@ def test_importance_map_hand() -> None:
     assert torch.equal(importance_map(torch.zeros(2, 3, 4, 4)), torch.zeros(2, 16))
 
 
-def _zero_cases() -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    torch.manual_seed(1)
-    base = torch.randn(2, 3, 8, 8)
-    small = torch.randn(2, 5, 4, 4)
-    return [
-        ("identical", base.clone(), base),
-        ("scaled", 3.0 * base, base),
-        ("tiled channels 3 vs 6", base, base.repeat(1, 2, 1, 1)),
-        ("teacher = upsampled student", small, F.interpolate(small, size=(8, 8), mode="bilinear")),
-    ]
-
-
-@pytest.mark.parametrize(("case", "student", "teacher"), _zero_cases())
+@pytest.mark.parametrize(("case", "student", "teacher"), zero_cases())
 def test_zero_when_maps_identical(case: str, student: torch.Tensor, teacher: torch.Tensor) -> None:
     _, _, target, teacher_logits = random_inputs()
     value = ImportanceMapDistillationLoss()(student, teacher, target, teacher_logits)

@@ -6,11 +6,10 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mskd.losses import PairwiseSimilarityDistillationLoss
 from mskd.losses.skd import node_similarity
-from tests.losses.inputs import random_inputs
+from tests.losses.inputs import random_inputs, zero_cases
 
 
 def _pixels(height: int, width: int, *vectors: tuple[float, float]) -> torch.Tensor:
@@ -65,19 +64,7 @@ def test_node_similarity_hand() -> None:
     torch.testing.assert_close(sim[0], expected)  # a zero node has similarity 0, no NaN
 
 
-def _zero_cases() -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    torch.manual_seed(1)
-    base = torch.randn(2, 3, 8, 8)
-    small = torch.randn(2, 5, 4, 4)
-    return [
-        ("identical", base.clone(), base),
-        ("scaled", 3.0 * base, base),
-        ("tiled channels 3 vs 6", base, base.repeat(1, 2, 1, 1)),
-        ("teacher = upsampled student", small, F.interpolate(small, size=(8, 8), mode="bilinear")),
-    ]
-
-
-@pytest.mark.parametrize(("case", "student", "teacher"), _zero_cases())
+@pytest.mark.parametrize(("case", "student", "teacher"), zero_cases())
 def test_zero_when_similarities_identical(case: str, student: torch.Tensor, teacher: torch.Tensor) -> None:
     _, _, target, teacher_logits = random_inputs()
     value = PairwiseSimilarityDistillationLoss(pool_size=4)(student, teacher, target, teacher_logits)
