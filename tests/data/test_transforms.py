@@ -1,5 +1,6 @@
 """Format-aware loading (LoadCased), the protocol's CT windows, the dataset caches and the bundle's train pipeline."""
 
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -9,6 +10,7 @@ import SimpleITK as sitk
 import torch
 from monai.bundle import ConfigParser
 from monai.data import CacheDataset, PersistentDataset
+from monai.transforms import Compose, ScaleIntensityd
 
 from mskd.data import BTCV_TO_SYNAPSE, LoadCased, cached_dataset, get_datalist, intensity_window
 from tests.data.fixtures import write_btcv, write_dicom_series, write_kits19, write_synapse_npz
@@ -89,13 +91,20 @@ def test_intensity_window_refuses_an_unknown_task():
 def test_memory_and_disk_caches_run_the_deterministic_head_once(tmp_path):
     write_synapse_npz(tmp_path / "data", train_cases={"0005": 2, "0006": 2}, test_cases={}, size=8)
     data = get_datalist("synapse_npz", tmp_path / "data", "training")
-    transform = LoadCased(["image", "label"], "synapse_npz")
+    # nested as in the bundles' pipelines, where LoadCased is the first item of a Compose
+    transform = Compose([LoadCased(["image", "label"], "synapse_npz"), ScaleIntensityd("image")])
     memory = cached_dataset(data, transform)
     assert isinstance(memory, CacheDataset) and memory[1]["image"].shape == (1, 8, 8, 2)
     disk = cached_dataset(data, transform, cache="disk", cache_dir=tmp_path / "cache")
     assert isinstance(disk, PersistentDataset)
     torch.testing.assert_close(disk[0]["image"], memory[0]["image"])
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1  # written on first access, read back afterwards
+    # the caches hold the preprocessed volumes (a nested Compose counts as random for MONAI's caches unless
+    # flattened): with the files gone, both datasets still serve the cases they have cached
+    expected = memory[0]["image"].clone()
+    shutil.rmtree(tmp_path / "data")
+    torch.testing.assert_close(memory[0]["image"], expected)
+    torch.testing.assert_close(disk[0]["image"], expected)
     with pytest.raises(ValueError, match="cache_dir"):
         cached_dataset(data, transform, cache="disk")
 

@@ -126,6 +126,15 @@ def test_resize_labels_and_teacher_prediction() -> None:
     assert torch.equal(teacher_prediction(logits, (2, 2)), labels.long())
 
 
+
+@pytest.mark.parametrize("size", [(28, 28), (7, 9), (56, 56), (13, 31)])
+def test_teacher_prediction_equals_argmax_then_nearest_resize(size) -> None:
+    # the definition (argmax at input resolution, then the label map nearest-resized), any ratio up or down
+    logits = torch.randn(2, 9, 56, 56, generator=torch.Generator().manual_seed(0))
+    expected = resize_labels(logits.argmax(dim=1, keepdim=True), size)
+    assert torch.equal(teacher_prediction(logits, size), expected)
+
+
 def test_one_hot_labels() -> None:
     onehot = one_hot_labels(LABELS_4X4.float(), 4, dtype=torch.float64)
     assert onehot.shape == (1, 4, 4, 4)

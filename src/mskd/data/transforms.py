@@ -85,6 +85,29 @@ def intensity_window(data_format: str, task: str = "synapse") -> list[float]:
     return [0.0, 1.0] if data_format == "synapse_npz" else list(window)
 
 
+def _inline_composes(transform: Compose) -> Compose:
+    """``transform`` with its nested ``Compose`` items (subclasses such as :class:`LoadCased` too) inlined.
+
+    MONAI's caches stop at the first ``Randomizable`` item and a ``Compose`` is one, so without this a pipeline that
+    starts with ``LoadCased`` caches nothing. ``Compose.flatten`` only inlines items whose type is exactly
+    ``Compose``. The items are the same objects, so ``Invertd`` with the nested pipeline still matches them.
+    """
+    items = []
+    for item in transform.transforms:
+        if isinstance(item, Compose) and item.map_items == transform.map_items:
+            items += _inline_composes(item).transforms
+        else:
+            items.append(item)
+    return Compose(
+        items,
+        map_items=transform.map_items,
+        unpack_items=transform.unpack_items,
+        log_stats=transform.log_stats,
+        lazy=transform.lazy,
+        overrides=transform.overrides,
+    )
+
+
 def cached_dataset(
     data: Sequence[dict],
     transform: Compose,
@@ -112,6 +135,7 @@ def cached_dataset(
         ValueError: for an unknown ``cache`` or a disk cache without ``cache_dir``.
     """
     cache = look_up_option(cache, ("memory", "disk"))
+    transform = _inline_composes(transform)
     if cache == "memory":
         return CacheDataset(data, transform, cache_rate=1.0, num_workers=num_workers, progress=False)
     if cache_dir is None:

@@ -124,7 +124,13 @@ def teacher_prediction(teacher_logits: Tensor, size: Sequence[int]) -> Tensor:
     Returns:
         ``B, 1, h, w`` ``torch.long`` predicted labels.
     """
-    return resize_labels(teacher_logits.detach().argmax(dim=1, keepdim=True), size)
+    size = (int(size[0]), int(size[1]))
+    logits = teacher_logits.detach()
+    if tuple(logits.shape[-2:]) != size:
+        # nearest-neighbour resizing only selects pixels, so it commutes with the per-pixel argmax: selecting first
+        # gives the same labels and takes the argmax over the (usually much smaller) feature grid
+        logits = F.interpolate(logits, size=size, mode="nearest")
+    return logits.argmax(dim=1, keepdim=True)
 
 
 def one_hot_labels(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
