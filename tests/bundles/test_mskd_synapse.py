@@ -127,6 +127,21 @@ def test_training_handlers_keep_their_positions(stack):
     assert (parser["tracking_tags#teacher"] is None) == ("train_student.json" in stack)  # the baseline has none
 
 
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({}, (True, None, False)),
+        ({"channels_last": "false", "teacher_autocast": "bfloat16", "compile": True}, (False, "bfloat16", True)),
+    ],
+)
+def test_distillation_speed_options_reach_the_trainer(overrides, expected):
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / f) for f in ("train_teacher.json", "distill.json")])
+    parser.update(overrides)
+    keys = ("channels_last", "teacher_autocast", "compile")
+    assert tuple(parser.get_parsed_content(f"train#trainer#{key}") for key in keys) == expected
+
+
 def test_evaluation_handlers_draw_and_tag_the_test_run():
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / f) for f in ("train_teacher.json", "distill.json", "evaluate.json")])

@@ -126,7 +126,6 @@ def test_resize_labels_and_teacher_prediction() -> None:
     assert torch.equal(teacher_prediction(logits, (2, 2)), labels.long())
 
 
-
 @pytest.mark.parametrize("size", [(28, 28), (7, 9), (56, 56), (13, 31)])
 def test_teacher_prediction_equals_argmax_then_nearest_resize(size) -> None:
     # the definition (argmax at input resolution, then the label map nearest-resized), any ratio up or down
