@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from mskd.experiment import (
     ExperimentError,
+    chosen_runs,
     format_results,
     load_experiment,
     plan_runs,
@@ -106,6 +107,16 @@ def test_plan_teacher_first_candidates_then_winner_seeds(tmp_path):
     assert winner.overrides == {"kd_weight": 0.1, "ffd_weight": 0.3, "student": "tiny_unet"}
     assert winner.stack == ("train_teacher.json", "distill.json") and winner.label == "mskd"
     assert chosen[1].stack == ("train_teacher.json", "train_student.json")
+
+
+def test_chosen_runs_are_the_winners_other_seeds_wherever_they_sit_in_the_plan(tmp_path):
+    # methods after the one with candidates: the winner's other seeds are inside the plan, not at its end
+    methods = {**small_cfg()["methods"], "kd": {"overrides": {"kd_weight": 0.1, "ffd_weight": 0.0}}}
+    cfg = load_experiment(write(tmp_path, small_cfg(methods=methods, seeds=[0, 1, 2])))
+    assert [r.name for r in plan_runs(cfg)][-3:] == [f"tiny_unet_from_unet-kd-s{s}" for s in range(3)]
+    added = chosen_runs(cfg, {("tiny_unet", "mskd"): 1})
+    assert [r.name for r in added] == ["tiny_unet_from_unet-mskd-c1-s1", "tiny_unet_from_unet-mskd-c1-s2"]
+    assert all(r.overrides["ffd_weight"] == 0.3 for r in added)
 
 
 def rows_for(values: dict[tuple[str, str], list[float]]) -> list[dict]:

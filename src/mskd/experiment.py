@@ -31,7 +31,15 @@ import yaml
 
 from mskd.io import atomic_open
 
-__all__ = ["RunSpec", "load_experiment", "plan_runs", "run_experiment", "summarise_results", "format_results"]
+__all__ = [
+    "RunSpec",
+    "chosen_runs",
+    "load_experiment",
+    "plan_runs",
+    "run_experiment",
+    "summarise_results",
+    "format_results",
+]
 
 _TOP_KEYS = {
     "name",
@@ -266,6 +274,22 @@ def plan_runs(cfg: Mapping[str, Any], chosen: Mapping[tuple[str, str], int] | No
             if (student, method) in chosen:
                 runs += _method_runs(cfg, student, method, chosen[(student, method)], spec["seeds"][1:])
     return runs
+
+
+def chosen_runs(cfg: Mapping[str, Any], chosen: Mapping[tuple[str, str], int]) -> list[RunSpec]:
+    """The runs that choosing the candidates adds: each chosen candidate's other seeds, in plan order.
+
+    They sit inside the plan (after their method's candidate runs), not at its end.
+
+    Args:
+        cfg: an experiment from :func:`load_experiment`.
+        chosen: the candidate chosen on validation per ``(student, method)``.
+
+    Returns:
+        the runs of ``plan_runs(cfg, chosen)`` that ``plan_runs(cfg)`` does not hold.
+    """
+    first = {run.name for run in plan_runs(cfg)}
+    return [run for run in plan_runs(cfg, chosen) if run.name not in first]
 
 
 def _dataset(cfg: Mapping[str, Any], workdir: Path) -> tuple[Path, str, str]:
@@ -722,7 +746,7 @@ def run_experiment(config: str | os.PathLike, workdir: str | os.PathLike | None 
             chosen[(student, method)] = max(
                 range(len(scores)), key=lambda i: -math.inf if math.isnan(scores[i]) else scores[i]
             )
-        matrix.run_all(plan_runs(cfg, chosen)[len(first) :], progress)
+        matrix.run_all(chosen_runs(cfg, chosen), progress)
 
     rows = []
     for run in plan_runs(cfg, chosen):
