@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from mskd.losses import RegionGraphDistillationLoss
 from mskd.losses.regions import class_prototypes
 from mskd.losses.rgd import grid_subregions, normalized_region_graph
+from tests.losses.inputs import random_inputs, zero_cases
 
 C = 1 / math.sqrt(2)  # cosine between (1, 0) and (1, 1)
 
@@ -90,34 +91,12 @@ def test_graph_helpers_hand() -> None:
     torch.testing.assert_close(graph[0], expected)
 
 
-def _random_inputs(
-    batch: int = 2, classes: int = 3, c_s: int = 4, c_t: int = 6, size_s: int = 4, size_t: int = 8, size: int = 8
-) -> tuple[torch.Tensor, ...]:
-    student = torch.randn(batch, c_s, size_s, size_s)
-    teacher = torch.randn(batch, c_t, size_t, size_t)
-    target = torch.randint(0, classes, (batch, 1, size, size))
-    teacher_logits = torch.randn(batch, classes, size, size)
-    return student, teacher, target, teacher_logits
-
-
-def _zero_cases() -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    torch.manual_seed(1)
-    base = torch.randn(2, 2, 8, 8)
-    small = torch.randn(2, 5, 4, 4)
-    return [
-        ("identical", base.clone(), base),
-        ("scaled", 3.0 * base, base),
-        ("tiled channels 4 vs 6", base.repeat(1, 2, 1, 1), base.repeat(1, 3, 1, 1)),
-        ("teacher = upsampled student", small, F.interpolate(small, size=(8, 8), mode="bilinear")),
-    ]
-
-
 @pytest.mark.parametrize("subregions", [1, 3])
-@pytest.mark.parametrize(("case", "student", "teacher"), _zero_cases())
+@pytest.mark.parametrize(("case", "student", "teacher"), zero_cases())
 def test_zero_when_structure_identical(
     case: str, student: torch.Tensor, teacher: torch.Tensor, subregions: int
 ) -> None:
-    _, _, target, teacher_logits = _random_inputs()
+    _, _, target, teacher_logits = random_inputs()
     value = RegionGraphDistillationLoss(order=3, subregions=subregions)(student, teacher, target, teacher_logits)
     assert value.item() == pytest.approx(0.0, abs=1e-10), case
 
@@ -128,7 +107,7 @@ def test_zero_when_structure_identical(
 )
 def test_different_channels_and_sizes(c_s: int, size_s: int, c_t: int, size_t: int) -> None:
     torch.manual_seed(4)
-    student, teacher, target, teacher_logits = _random_inputs(c_s=c_s, c_t=c_t, size_s=size_s, size_t=size_t)
+    student, teacher, target, teacher_logits = random_inputs(c_s=c_s, c_t=c_t, size_s=size_s, size_t=size_t)
     value = RegionGraphDistillationLoss(reduction="none")(student, teacher, target, teacher_logits)
     assert value.shape == (2,)
     assert torch.isfinite(value).all() and (value >= 0).all()
@@ -136,7 +115,7 @@ def test_different_channels_and_sizes(c_s: int, size_s: int, c_t: int, size_t: i
 
 def test_finite_with_absent_class_no_foreground_and_zero_features() -> None:
     torch.manual_seed(5)
-    student, teacher, target, teacher_logits = _random_inputs(classes=4)
+    student, teacher, target, teacher_logits = random_inputs(classes=4)
     target = target.clamp(max=1)  # classes 2 and 3 absent
     target[1] = 0  # second sample: background only -> a single node, identical graphs
     student[0, :, :, :] = 0.0  # first sample: all-zero student prototypes
@@ -150,7 +129,7 @@ def test_finite_with_absent_class_no_foreground_and_zero_features() -> None:
 
 def test_gradients_reach_student_only() -> None:
     torch.manual_seed(6)
-    student, teacher, target, teacher_logits = _random_inputs()
+    student, teacher, target, teacher_logits = random_inputs()
     student.requires_grad_(True)
     teacher.requires_grad_(True)
     teacher_logits.requires_grad_(True)
@@ -161,7 +140,7 @@ def test_gradients_reach_student_only() -> None:
 
 def test_reductions() -> None:
     torch.manual_seed(7)
-    args = _random_inputs(batch=3)
+    args = random_inputs(batch=3)
     none = RegionGraphDistillationLoss(reduction="none")(*args)
     assert none.shape == (3,)
     torch.testing.assert_close(RegionGraphDistillationLoss(reduction="sum")(*args), none.sum())
@@ -196,9 +175,5 @@ def test_argument_errors(kwargs: dict, error: type[Exception], match: str) -> No
 )
 def test_golden(order: int, subregions: int, expected: float) -> None:
     torch.manual_seed(0)
-    student = torch.randn(2, 4, 4, 4)
-    teacher = torch.randn(2, 6, 8, 8)
-    target = torch.randint(0, 3, (2, 1, 8, 8))
-    teacher_logits = torch.randn(2, 3, 8, 8)
-    value = RegionGraphDistillationLoss(order=order, subregions=subregions)(student, teacher, target, teacher_logits)
+    value = RegionGraphDistillationLoss(order=order, subregions=subregions)(*random_inputs())
     assert value.item() == pytest.approx(expected, abs=1e-5)
