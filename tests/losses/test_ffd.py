@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from mskd.losses import FeatureFilteringDistillationLoss
 from mskd.losses.ffd import channel_agnostic_map
+from mskd.losses.regions import one_hot_labels
 
 
 def test_channel_agnostic_map_hand() -> None:
@@ -69,6 +70,109 @@ def test_hand_computed(band_radius: int, filter_errors: bool, teacher_wrong: boo
     student, teacher, target, teacher_logits = _hand_inputs(teacher_wrong)
     loss = FeatureFilteringDistillationLoss(band_radius=band_radius, filter_teacher_errors=filter_errors)
     torch.testing.assert_close(loss(student, teacher, target, teacher_logits), torch.tensor(expected))
+
+
+def test_min_region_fraction_hand_computed() -> None:
+    # r=1, teacher right: M = all 4 pixels; floor 0.5 * 4 = 2 pixels. Class 1 (1 pixel, below the floor) gets
+    # 1/(2*2) = 1/4 at (0,0), the background (3 pixels) 1/6 per pixel: 0.04/4 + (0.36 + 1 + 1)/6
+    loss = FeatureFilteringDistillationLoss(band_radius=1, min_region_fraction=0.5)
+    torch.testing.assert_close(loss(*_hand_inputs(False)), torch.tensor(0.04 / 4 + 2.36 / 6))
+
+
+@pytest.mark.parametrize(
+    ("min_region_fraction", "factor"),
+    [
+        # the organ is 1 input pixel: area fraction 1/256 of its 16x16 cell, 1/4096 of the image
+        (0.0, 1.0),  # no floor: its region (weight 1) is that one cell
+        (1e-3, (1 / 4096) / 1e-3),  # floor 0.001 of the image (4.1 input pixels): weight |R| / floor
+    ],
+)
+def test_single_pixel_organ_at_deep_stride(min_region_fraction: float, factor: float) -> None:
+    # 64x64 labels with a 1-pixel organ at (37, 21), features at 4x4 (stride 16), band 0: M = the organ pixel. It
+    # lies in cell (2, 1); nearest-resized labels lost it (M empty, value 0)
+    torch.manual_seed(11)
+    student, teacher = torch.randn(1, 3, 4, 4), torch.randn(1, 5, 4, 4)
+    target = torch.zeros(1, 1, 64, 64, dtype=torch.long)
+    target[..., 37, 21] = 1
+    teacher_logits = one_hot_labels(target, 2)  # the teacher is right everywhere
+    loss = FeatureFilteringDistillationLoss(band_radius=0, min_region_fraction=min_region_fraction)
+    value = loss(student, teacher, target, teacher_logits)
+    diff = (channel_agnostic_map(student) - channel_agnostic_map(teacher))[0, 0, 2, 1].pow(2)
+    torch.testing.assert_close(value, diff * factor)
+
+
+def _far_region_inputs() -> tuple[torch.Tensor, ...]:
+    """128x128 labels with an 8x8 organ in the top-left corner; features at 8x8 (stride 16); teacher right."""
+    torch.manual_seed(12)
+    student, teacher = torch.randn(1, 4, 8, 8), torch.randn(1, 6, 8, 8)
+    target = torch.zeros(1, 1, 128, 128, dtype=torch.long)
+    target[..., :8, :8] = 1
+    return student, teacher, target, one_hot_labels(target, 2)
+
+
+def test_band_in_input_pixels_excludes_far_region_at_deep_stride() -> None:
+    # band 4 input pixels: M = rows/cols 0..11, all inside feature cell (0, 0), which holds the organ (64/256) and
+    # the band (80/256); each region has weight 1/2, so the value is (A^S - A^T)^2 at cell (0, 0). Permuting the
+    # student's far cells (rows/cols 4..7) keeps the channel weights and the map's norm, so nothing changes.
+    # A band of 4 *feature* pixels reached cell (4, 4) and the value changed.
+    student, teacher, target, teacher_logits = _far_region_inputs()
+    loss = FeatureFilteringDistillationLoss(band_radius=4)
+    value = loss(student, teacher, target, teacher_logits)
+    diff = (channel_agnostic_map(student) - channel_agnostic_map(teacher))[0, 0, 0, 0].pow(2)
+    torch.testing.assert_close(value, diff)
+    permuted = student.clone()
+    permuted[..., 4:, 4:] = student[..., 4:, 4:].flip(-1, -2)
+    assert not torch.equal(permuted, student)
+    torch.testing.assert_close(loss(permuted, teacher, target, teacher_logits), value)
+
+
+def _mixed_batch() -> tuple[torch.Tensor, ...]:
+    """B=2 random inputs: sample 0 holds organs, sample 1 is background only (M has no organ pixel)."""
+    torch.manual_seed(13)
+    student, teacher, target, teacher_logits = _random_inputs()
+    target[1] = 0
+    return student, teacher, target, teacher_logits
+
+
+@pytest.mark.parametrize("prototype_weight", [0.0, 0.5])
+def test_background_only_sample_does_not_dilute_the_mean(prototype_weight: float) -> None:
+    student, teacher, target, teacher_logits = _mixed_batch()
+    student = torch.randn(2, 6, 4, 4) if prototype_weight else student
+    student.requires_grad_(True)
+    loss = FeatureFilteringDistillationLoss(prototype_weight=prototype_weight, filter_teacher_errors=False)
+    alone = loss(student[:1], teacher[:1], target[:1], teacher_logits[:1])
+    mean = loss(student, teacher, target, teacher_logits)
+    assert alone.item() > 0
+    torch.testing.assert_close(mean, alone)  # not alone / 2
+    none = FeatureFilteringDistillationLoss(
+        prototype_weight=prototype_weight, filter_teacher_errors=False, reduction="none"
+    )(student, teacher, target, teacher_logits)
+    torch.testing.assert_close(none, torch.stack([alone, torch.tensor(0.0)]))
+    total = FeatureFilteringDistillationLoss(
+        prototype_weight=prototype_weight, filter_teacher_errors=False, reduction="sum"
+    )(student, teacher, target, teacher_logits)
+    torch.testing.assert_close(total, alone)
+    mean.backward()
+    assert torch.isfinite(student.grad).all() and student.grad[0].abs().sum() > 0
+    assert torch.equal(student.grad[1], torch.zeros_like(student.grad[1]))
+
+
+def test_teacher_wrong_on_every_organ_pixel_is_not_a_sample_to_distil() -> None:
+    # the band is kept but no organ pixel survives the teacher-error filter: nothing organ-related to distil
+    student, teacher, target, teacher_logits = _hand_inputs(False)
+    teacher_logits = torch.zeros(1, 2, 2, 2)  # ties go to class 0: wrong at the organ (0, 0), right elsewhere
+    none = FeatureFilteringDistillationLoss(band_radius=1, reduction="none")(student, teacher, target, teacher_logits)
+    assert torch.equal(none, torch.zeros(1))
+
+
+def test_no_sample_to_distil_gives_zero_and_finite_gradients() -> None:
+    student, teacher, target, teacher_logits = _mixed_batch()
+    target = torch.zeros_like(target)
+    student.requires_grad_(True)
+    value = FeatureFilteringDistillationLoss()(student, teacher, target, teacher_logits)
+    value.backward()
+    assert value.item() == 0.0
+    assert torch.isfinite(student.grad).all()
 
 
 def test_teacher_wrong_on_the_whole_organ_gives_zero() -> None:
@@ -212,6 +316,13 @@ def test_reductions() -> None:
         ({"filter_teacher_errors": "yes"}, TypeError, "yes"),
         ({"prototype_weight": -0.5}, ValueError, "prototype_weight must be finite and >= 0.0, got -0.5"),
         ({"prototype_weight": "0.5"}, TypeError, "'0.5'"),
+        (
+            {"min_region_fraction": -0.1},
+            ValueError,
+            r"min_region_fraction must be finite and >= 0.0 and <= 1.0, got -0.1",
+        ),
+        ({"min_region_fraction": 2.0}, ValueError, r"<= 1.0, got 2.0"),
+        ({"min_region_fraction": None}, TypeError, "None"),
         ({"eps": 0.0}, ValueError, "0.0"),
         ({"eps": -1e-8}, ValueError, "-1e-08"),
         ({"reduction": "avg"}, ValueError, "avg"),

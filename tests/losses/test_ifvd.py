@@ -9,7 +9,7 @@ import torch
 
 from mskd.losses import IntraClassFeatureVariationLoss
 from mskd.losses.ifvd import intra_class_variation_map
-from mskd.losses.regions import one_hot_labels
+from mskd.losses.regions import label_regions, one_hot_labels
 from tests.losses.inputs import random_inputs, zero_cases
 
 R = 1 / math.sqrt(2)
@@ -47,6 +47,18 @@ def test_hand_computed(teacher: torch.Tensor, classes: int, expected: float) -> 
 def test_variation_map_hand() -> None:
     ifv = intra_class_variation_map(STUDENT, one_hot_labels(TARGET, 3))
     torch.testing.assert_close(ifv, torch.tensor([[[R, R], [1.0, 1.0]]]))
+
+
+def test_variation_map_with_area_fractions_hand() -> None:
+    # labels [0, 0, 0, 1] at 1x4 on a 1x2 feature map: cell 0 all background, cell 1 half background, half class 1.
+    # Features (1, 0), (0, 1): v0 = ((1, 0) + 1/2 (0, 1)) / 1.5 = (2/3, 1/3), v1 = (0, 1); each cell is compared with
+    # the area-weighted centroid sum_k Y_kp v_k: cell 0 with v0, cell 1 with (v0 + v1)/2 = (1/3, 2/3);
+    # both cosines are (2/3) / sqrt(5/9) = 2/sqrt(5)
+    features = _pixels((1, 0), (0, 1), (0, 0), (0, 0))[..., :1, :]  # 1, 2, 1, 2
+    regions = label_regions(torch.tensor([0, 0, 0, 1]).view(1, 1, 1, 4), (1, 2), 2, torch.float32)
+    torch.testing.assert_close(regions[0, :, 0], torch.tensor([[1.0, 0.5], [0.0, 0.5]]))
+    ifv = intra_class_variation_map(features, regions)
+    torch.testing.assert_close(ifv, torch.full((1, 1, 2), 2 / math.sqrt(5)))
 
 
 @pytest.mark.parametrize(("case", "student", "teacher"), zero_cases())

@@ -93,6 +93,53 @@ def test_filter_hand_computed(
     torch.testing.assert_close(loss(student, teacher, target, teacher), torch.tensor(expected))
 
 
+@pytest.mark.parametrize(
+    ("min_region_fraction", "band_radius", "expected"),
+    [
+        # floor 0.5 * 4 = 2 pixels: class 1 (1 pixel) gets 1/(2*2) at (0,0), the background (3 pixels) 1/6 per
+        # pixel, κ at (0,0) and (1,1): κ/4 + κ/6
+        (0.5, None, KAPPA / 4 + KAPPA / 6),
+        # floor 0.25 * 4 = 1 pixel: nothing below it, as without a floor: κ/2 + κ/6
+        (0.25, None, KAPPA / 2 + KAPPA / 6),
+        # band 0: only class 1 present, below a floor of 2 pixels: weight 1/2 instead of 1
+        (0.5, 0, KAPPA / 2),
+        (0.0, 0, KAPPA),
+    ],
+)
+def test_min_region_fraction_hand_computed(
+    min_region_fraction: float, band_radius: int | None, expected: float
+) -> None:
+    student, teacher, target = _filter_inputs()
+    loss = LogitDistillationLoss(
+        temperature=1.0, class_balanced=True, filter_band_radius=band_radius, min_region_fraction=min_region_fraction
+    )
+    torch.testing.assert_close(loss(student, teacher, target, teacher), torch.tensor(expected))
+
+
+def test_fragment_weight_is_floored() -> None:
+    # 32x32 (1024 pixels), T=1: class 1 a 16x8 block (128 pixels), class 2 one pixel; the student differs from the
+    # teacher (KL κ) at one pixel of class 1 and at the fragment. Floor 0.01 * 1024 = 10.24 pixels:
+    # L = κ / (3 * 128) + κ / (3 * 10.24); the fragment's per-pixel weight is 128 / 10.24 = 12.5 times that of
+    # class 1 (without the floor: 128 times)
+    target = torch.zeros(1, 1, 32, 32)
+    target[..., 4:20, 8:16] = 1
+    target[..., 30, 2] = 2
+    teacher = torch.zeros(1, 3, 32, 32)
+    teacher[0, 1, 30, 2] = teacher[0, 1, 5, 9] = math.log(3.0)  # p_T = (1/5, 3/5, 1/5) there
+    student = torch.zeros(1, 3, 32, 32)
+    p_t = torch.tensor([1.0, 3.0, 1.0]) / 5
+    kappa = (p_t * (p_t * 3).log()).sum().item()  # KL(p_T || uniform)
+    for fraction, fragment_weight in ((0.0, 1 / 3), (0.01, 1 / (3 * 10.24))):
+        loss = LogitDistillationLoss(temperature=1.0, class_balanced=True, min_region_fraction=fraction)
+        value = loss(student, teacher, target, teacher)
+        torch.testing.assert_close(value, torch.tensor(kappa / (3 * 128) + kappa * fragment_weight))
+
+
+def test_min_region_fraction_without_class_balance_warns() -> None:
+    with pytest.warns(UserWarning, match=r"min_region_fraction=0.01 .*class_balanced=False"):
+        LogitDistillationLoss(min_region_fraction=0.01)
+
+
 @pytest.mark.parametrize("class_balanced", [False, True])
 def test_filter_empty_mask_gives_zero(class_balanced: bool) -> None:
     # no organ and a band of 0: nothing is kept
@@ -180,6 +227,13 @@ def test_logits_must_match_teacher_logits_classes() -> None:
         ({"filter_teacher_errors": "no"}, TypeError, "filter_teacher_errors must be a bool, got 'no'"),
         ({"filter_band_radius": -1}, ValueError, "filter_band_radius must be >= 0, got -1"),
         ({"filter_band_radius": 1.0}, TypeError, "1.0"),
+        (
+            {"min_region_fraction": -0.5},
+            ValueError,
+            r"min_region_fraction must be finite and >= 0.0 and <= 1.0, got -0.5",
+        ),
+        ({"min_region_fraction": 1.5}, ValueError, r"<= 1.0, got 1.5"),
+        ({"min_region_fraction": "0.01"}, TypeError, "'0.01'"),
         ({"reduction": "avg"}, ValueError, "avg"),
     ],
 )

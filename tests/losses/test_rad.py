@@ -9,7 +9,7 @@ import torch
 
 from mskd.losses import RegionAffinityDistillationLoss
 from mskd.losses.rad import background_affinity
-from mskd.losses.regions import one_hot_labels
+from mskd.losses.regions import label_regions, one_hot_labels
 from tests.losses.inputs import random_inputs, zero_cases
 
 
@@ -76,6 +76,53 @@ def test_argument_errors(kwargs: dict, error: type[Exception], match: str) -> No
 def test_labels_outside_the_classes_are_rejected() -> None:
     with pytest.raises(ValueError, match=r"target values must lie in 0..1 \(K=2\), got range 0..2"):
         RegionAffinityDistillationLoss()(STUDENT, TEACHER, TARGET, torch.zeros(1, 2, 2, 2))
+
+
+def test_background_only_sample_does_not_dilute_the_mean() -> None:
+    # sample 1 has no foreground: no background/organ pair, nothing to distil
+    torch.manual_seed(13)
+    student, teacher, target, teacher_logits = random_inputs()
+    target[1] = 0
+    student.requires_grad_(True)
+    alone = RegionAffinityDistillationLoss()(student[:1], teacher[:1], target[:1], teacher_logits[:1])
+    mean = RegionAffinityDistillationLoss()(student, teacher, target, teacher_logits)
+    assert alone.item() > 0
+    torch.testing.assert_close(mean, alone)  # not alone / 2
+    none = RegionAffinityDistillationLoss(reduction="none")(student, teacher, target, teacher_logits)
+    torch.testing.assert_close(none, torch.stack([alone, torch.tensor(0.0)]))
+    total = RegionAffinityDistillationLoss(reduction="sum")(student, teacher, target, teacher_logits)
+    torch.testing.assert_close(total, alone)
+    mean.backward()
+    assert torch.isfinite(student.grad).all() and torch.equal(student.grad[1], torch.zeros_like(student.grad[1]))
+
+
+@pytest.mark.parametrize(
+    "target", [torch.zeros(2, 1, 8, 8, dtype=torch.long), torch.ones(2, 1, 8, 8, dtype=torch.long)]
+)
+def test_no_sample_to_distil_gives_zero_and_finite_gradients(target: torch.Tensor) -> None:
+    # background only, or foreground only: no pair in any sample
+    torch.manual_seed(14)
+    student, teacher, _, teacher_logits = random_inputs()
+    student.requires_grad_(True)
+    value = RegionAffinityDistillationLoss()(student, teacher, target, teacher_logits)
+    value.backward()
+    assert value.item() == 0.0 and torch.isfinite(student.grad).all()
+
+
+def test_small_organ_kept_at_deep_stride() -> None:
+    # 64x64 labels, a 2x2 organ at rows/cols 37..38 (inside cell (2, 1) of a 4x4 map, missed by nearest resizing):
+    # its prototype is the cell's feature, so the pair counts. Student = teacher except at that cell.
+    torch.manual_seed(15)
+    teacher = torch.randn(1, 3, 4, 4)
+    student = teacher.clone()
+    student[0, :, 2, 1] = torch.randn(3)
+    target = torch.zeros(1, 1, 64, 64, dtype=torch.long)
+    target[..., 37:39, 21:23] = 1
+    value = RegionAffinityDistillationLoss(reduction="none")(student, teacher, target, torch.zeros(1, 2, 64, 64))
+    regions = label_regions(target, (4, 4), 2, torch.float32)
+    expected = (background_affinity(student, regions) - background_affinity(teacher, regions)).pow(2)[:, 0]
+    assert expected.item() > 0
+    torch.testing.assert_close(value, expected)
 
 
 def test_golden() -> None:

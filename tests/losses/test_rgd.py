@@ -14,18 +14,20 @@ from mskd.losses.rgd import grid_subregions, normalized_region_graph
 from tests.losses.inputs import random_inputs, zero_cases
 
 C = 1 / math.sqrt(2)  # cosine between (1, 0) and (1, 1)
+G = (1 + C) / 2  # that cosine mapped to [0, 1]: E+ = (1 + cos) / 2
 
 
 def _hand_inputs(classes: int) -> tuple[torch.Tensor, ...]:
     """B=1, 2 channels, 2x2; ground truth: top row background, bottom row class 1 (other classes absent).
 
-    Teacher: background pixels (1, 0), class-1 pixels (0, 1) -> v0 = (1, 0), v1 = (0, 1), cosine 0:
-        E+ + I = 2 I, D = 2 I, Â^T = I, and every power of it is I.
-    Student: background (1, 0), class 1 (1, 1) -> v1 = (1, 1), cosine c = 1/sqrt(2):
-        E+ + I = [[2, c], [c, 2]], D = (2 + c) I, Â^S = [[2, c], [c, 2]] / (2 + c).
-    Order 1: diffs -c/(2+c) (diagonal), c/(2+c) (off-diagonal): sum 4 c^2/(2+c)^2, / K_present^2 = 4.
-    Order 2: (Â^S)^2 = [[4 + c^2, 4c], [4c, 4 + c^2]] / (2+c)^2; minus I: diagonal -4c/(2+c)^2,
-        off-diagonal 4c/(2+c)^2: sum 4 * 16 c^2/(2+c)^4, / 4.
+    Edges E+ = (1 + cos) / 2, so every present node has E+_ii = 1. A two-node graph with off-diagonal e has
+    E+ + I = [[2, e], [e, 2]], D = (2 + e) I, Â = [[a, b], [b, a]] with a = 2/(2+e), b = e/(2+e) (a + b = 1), and
+    Â^2 = [[a^2 + b^2, 2ab], [2ab, a^2 + b^2]] (rows also sum to 1).
+    Teacher: background pixels (1, 0), class-1 pixels (0, 1) -> v0 = (1, 0), v1 = (0, 1), cosine 0: e = 1/2,
+        Â^T = [[4/5, 1/5], [1/5, 4/5]].
+    Student: background (1, 0), class 1 (1, 1) -> v1 = (1, 1), cosine c = 1/sqrt(2): e = (1 + c)/2 = g.
+    Rows sum to 1 in both, so diagonal and off-diagonal differences are ±δ: order 1 gives 4 δ^2 / K_present^2
+    = δ^2 with δ = b_S - b_T; order 2 adds δ2^2 with δ2 = 2 a_S b_S - 2 a_T b_T.
     """
     teacher = torch.tensor([[[1.0, 1.0], [0.0, 0.0]], [[0.0, 0.0], [1.0, 1.0]]]).unsqueeze(0)
     student = torch.tensor([[[1.0, 1.0], [1.0, 1.0]], [[0.0, 0.0], [1.0, 1.0]]]).unsqueeze(0)
@@ -34,8 +36,15 @@ def _hand_inputs(classes: int) -> tuple[torch.Tensor, ...]:
     return student, teacher, target, teacher_logits
 
 
-ORDER_1 = C**2 / (2 + C) ** 2
-ORDER_2 = ORDER_1 + 16 * C**2 / (2 + C) ** 4
+def _two_node(e: float) -> tuple[float, float]:
+    """``(a, b)``: diagonal and off-diagonal of Â for a two-node graph with edge ``e``."""
+    return 2 / (2 + e), e / (2 + e)
+
+
+A_S, B_S = _two_node(G)
+A_T, B_T = _two_node(0.5)
+ORDER_1 = (B_S - B_T) ** 2
+ORDER_2 = ORDER_1 + (2 * A_S * B_S - 2 * A_T * B_T) ** 2
 
 
 @pytest.mark.parametrize(
@@ -56,12 +65,15 @@ def test_hand_computed(order: int, classes: int, expected: float) -> None:
 def test_subregions_hand_computed() -> None:
     """``subregions=2`` on the 2x2 hand case: every pixel is its own node, 4 present nodes (order 1).
 
-    Teacher nodes (1,0), (1,0) | (0,1), (0,1): E+ + I = [[2,1,0,0],[1,2,0,0],[0,0,2,1],[0,0,1,2]], D = 3 I.
-    Student nodes (1,0), (1,0) | (1,1), (1,1): E+ + I = [[2,1,c,c],[1,2,c,c],[c,c,2,1],[c,c,1,2]], D = d I, d = 3 + 2c.
-    Differences: diagonal 2/d - 2/3 (4 entries), same-class 1/d - 1/3 (4), cross-class c/d (8); / N_present^2 = 16.
+    E+ = (1 + cos) / 2: same-class nodes have cosine 1 (E+ 1), the diagonal is 1 (E+ + I: 2).
+    Teacher nodes (1,0), (1,0) | (0,1), (0,1): cross-class cosine 0 (E+ 1/2):
+        E+ + I = [[2,1,h,h],[1,2,h,h],[h,h,2,1],[h,h,1,2]], h = 1/2, D = 4 I.
+    Student nodes (1,0), (1,0) | (1,1), (1,1): cross-class E+ g = (1 + c)/2, D = d I, d = 3 + 2g.
+    Differences: diagonal 2/d - 2/4 (4 entries), same-class 1/d - 1/4 (4), cross-class g/d - h/4 (8);
+    / N_present^2 = 16.
     """
-    d = 3 + 2 * C
-    expected = (4 * (2 / d - 2 / 3) ** 2 + 4 * (1 / d - 1 / 3) ** 2 + 8 * (C / d) ** 2) / 16
+    d = 3 + 2 * G
+    expected = (4 * (2 / d - 2 / 4) ** 2 + 4 * (1 / d - 1 / 4) ** 2 + 8 * (G / d - 0.5 / 4) ** 2) / 16
     value = RegionGraphDistillationLoss(order=1, subregions=2)(*_hand_inputs(2))
     torch.testing.assert_close(value, torch.tensor(expected))
     # a grid finer than the map only adds empty (absent) cells
@@ -87,8 +99,33 @@ def test_graph_helpers_hand() -> None:
     protos = class_prototypes(student, regions)
     torch.testing.assert_close(protos[0], torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]]))
     graph = normalized_region_graph(protos, torch.tensor([[True, True, False]]))
-    expected = torch.tensor([[2.0, C, 0.0], [C, 2.0, 0.0], [0.0, 0.0, 2.0 + C]]) / (2 + C)  # absent node isolated
+    # E+ = (1 + cos)/2: 1 on the present diagonal, g between nodes 0 and 1; the absent node is isolated (identity)
+    expected = torch.tensor([[2.0, G, 0.0], [G, 2.0, 0.0], [0.0, 0.0, 2.0 + G]]) / (2 + G)
     torch.testing.assert_close(graph[0], expected)
+
+
+def test_graph_maps_cosines_to_unit_interval() -> None:
+    # opposite, orthogonal, equal and zero prototypes: cos -1, 0, 1 and 0 -> E+ 0, 1/2, 1, 1/2 (all present)
+    protos = torch.tensor([[[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]])
+    graph = normalized_region_graph(protos, torch.ones(1, 4, dtype=torch.bool))
+    edges = torch.tensor([[1.0, 0.0, 0.5, 0.5], [0.0, 1.0, 0.5, 0.5], [0.5, 0.5, 1.0, 0.5], [0.5, 0.5, 0.5, 0.5]])
+    edges = edges + torch.eye(4)
+    inv_sqrt = edges.sum(dim=1).rsqrt()
+    torch.testing.assert_close(graph[0], inv_sqrt[:, None] * edges * inv_sqrt[None, :])
+
+
+def test_negative_student_cosine_has_gradient() -> None:
+    # teacher: v0 = (1, 0), v1 = (1, 1) -> cos +1/sqrt(2); student: v0 = (1, 0), v1 = (-1, 1) -> cos -1/sqrt(2).
+    # With E+ = clamp(cos, 0) the student's edge was 0 with zero gradient: the loss was > 0 but never moved it.
+    teacher = torch.tensor([[[1.0, 1.0], [1.0, 1.0]], [[0.0, 0.0], [1.0, 1.0]]]).unsqueeze(0)
+    student = torch.tensor([[[1.0, 1.0], [-1.0, -1.0]], [[0.0, 0.0], [1.0, 1.0]]]).unsqueeze(0).requires_grad_(True)
+    target = torch.tensor([[0, 0], [1, 1]]).view(1, 1, 2, 2)
+    value = RegionGraphDistillationLoss(order=1)(student, teacher, target, torch.zeros(1, 2, 2, 2))
+    value.backward()
+    assert value.item() > 0
+    assert torch.linalg.vector_norm(student.grad) > 1e-6
+    _, b_s = _two_node((1 - C) / 2)
+    torch.testing.assert_close(value.detach(), torch.tensor((b_s - B_S) ** 2))  # teacher edge (1 + c)/2 = G
 
 
 @pytest.mark.parametrize("subregions", [1, 3])
@@ -164,13 +201,59 @@ def test_argument_errors(kwargs: dict, error: type[Exception], match: str) -> No
         RegionGraphDistillationLoss(**kwargs)
 
 
+def _mixed_batch() -> tuple[torch.Tensor, ...]:
+    """B=2 random inputs: sample 0 holds several classes, sample 1 is background only (a single node)."""
+    torch.manual_seed(13)
+    student, teacher, target, teacher_logits = random_inputs()
+    target[1] = 0
+    return student, teacher, target, teacher_logits
+
+
+def test_background_only_sample_does_not_dilute_the_mean() -> None:
+    student, teacher, target, teacher_logits = _mixed_batch()
+    student.requires_grad_(True)
+    alone = RegionGraphDistillationLoss()(student[:1], teacher[:1], target[:1], teacher_logits[:1])
+    mean = RegionGraphDistillationLoss()(student, teacher, target, teacher_logits)
+    assert alone.item() > 0
+    torch.testing.assert_close(mean, alone)  # not alone / 2
+    none = RegionGraphDistillationLoss(reduction="none")(student, teacher, target, teacher_logits)
+    torch.testing.assert_close(none, torch.stack([alone, torch.tensor(0.0)]))
+    torch.testing.assert_close(
+        RegionGraphDistillationLoss(reduction="sum")(student, teacher, target, teacher_logits), alone
+    )
+    mean.backward()
+    assert torch.isfinite(student.grad).all() and torch.equal(student.grad[1], torch.zeros_like(student.grad[1]))
+
+
+def test_background_only_sample_counts_with_subregion_nodes() -> None:
+    # subregions=2 splits the background of sample 1 into 4 present nodes: a graph with something to distil
+    student, teacher, target, teacher_logits = _mixed_batch()
+    loss = RegionGraphDistillationLoss(subregions=2, reduction="none")
+    none = loss(student, teacher, target, teacher_logits)
+    assert none[1].item() > 0
+    torch.testing.assert_close(
+        RegionGraphDistillationLoss(subregions=2)(student, teacher, target, teacher_logits), none.mean()
+    )
+
+
+def test_no_sample_to_distil_gives_zero_and_finite_gradients() -> None:
+    student, teacher, target, teacher_logits = _mixed_batch()
+    student.requires_grad_(True)
+    value = RegionGraphDistillationLoss()(student, teacher, torch.zeros_like(target), teacher_logits)
+    value.backward()
+    assert value.item() == 0.0 and torch.isfinite(student.grad).all()
+
+
 @pytest.mark.parametrize(
     ("order", "subregions", "expected"),
     [
-        # golden values: computed once with this implementation (after the hand-computed tests passed)
-        (1, 1, 0.02324867),
-        (2, 1, 0.05912093),
-        (2, 2, 0.02461141),
+        # golden values: computed once with this implementation (after the hand-computed tests passed).
+        # Changed on purpose with E+ = (1 + cos)/2 replacing clamp(cos, 0) (it maps every edge into [0, 1], so the
+        # graphs differ less): were 0.02324867, 0.05912093, 0.02461141 (labels and features here are both 8x8, so
+        # the area-fraction regions are the one-hot labels and do not change them)
+        (1, 1, 0.00632952),
+        (2, 1, 0.01168484),
+        (2, 2, 0.00306996),
     ],
 )
 def test_golden(order: int, subregions: int, expected: float) -> None:

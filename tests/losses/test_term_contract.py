@@ -1,8 +1,10 @@
-"""The contract every distillation term keeps (DESIGN §5), checked on the baselines and the new FFD/RGD/KD options.
+"""The contract every distillation term keeps (DESIGN §5), checked on the baselines and the FFD/RGD/KD options.
 
 Gradients reach the student only; ``reduction`` none/mean/sum; finite values and gradients with absent classes, a
 background-only sample and all-zero student features; classes absent from every sample change nothing (the value
-with ``K = 14`` equals the value with ``K = 3``, so absent classes are masked, not looped over).
+with ``K = 14`` equals the value with ``K = 3``, so absent classes are masked, not looped over); a sample with
+nothing to distil (a background-only slice for FFD, RGD and RAD) scores 0 and is left out of the batch mean, a batch
+without such a sample gives 0, not NaN; labels larger than the feature maps (area fractions) keep every class.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from mskd.losses import (
     RegionAffinityDistillationLoss,
     RegionGraphDistillationLoss,
 )
+from mskd.losses.regions import one_hot_labels
 from tests.losses.inputs import random_inputs
 
 # (id, factory, input kind): "features" = channel counts and sizes differ, "equal" = equal channel counts,
@@ -35,7 +38,14 @@ TERMS: list[tuple[str, Callable[..., DistillationTermLoss], str]] = [
     ("ifvd", IntraClassFeatureVariationLoss, "features"),
     ("skd", PairwiseSimilarityDistillationLoss, "features"),
     ("skd-max", lambda **kw: PairwiseSimilarityDistillationLoss(pooling="max", **kw), "features"),
+    ("ffd", FeatureFilteringDistillationLoss, "features"),
     ("ffd-prototypes", lambda **kw: FeatureFilteringDistillationLoss(prototype_weight=0.5, **kw), "equal"),
+    (
+        "ffd-floor-no-error-filter",
+        lambda **kw: FeatureFilteringDistillationLoss(filter_teacher_errors=False, min_region_fraction=0.1, **kw),
+        "features",
+    ),
+    ("rgd", RegionGraphDistillationLoss, "features"),
     ("rgd-subregions", lambda **kw: RegionGraphDistillationLoss(subregions=2, **kw), "features"),
     (
         "kd-filtered",
@@ -47,9 +57,18 @@ TERMS: list[tuple[str, Callable[..., DistillationTermLoss], str]] = [
         lambda **kw: LogitDistillationLoss(class_balanced=True, filter_band_radius=2, **kw),
         "logits",
     ),
+    (
+        "kd-balanced-floor",
+        lambda **kw: LogitDistillationLoss(class_balanced=True, min_region_fraction=0.1, **kw),
+        "logits",
+    ),
 ]
 IDS = [t[0] for t in TERMS]
 FEATURE_TERMS = [t for t in TERMS if t[2] != "logits"]
+# terms for which a background-only slice has nothing to distil (FFD: no organ pixel in M; RGD: a single node;
+# RAD: no background/organ pair); "rgd-subregions" splits the background into several nodes, so it counts, and
+# the other terms' value on such a slice is meaningful
+SKIP_BACKGROUND_ONLY = {"ffd", "ffd-prototypes", "ffd-floor-no-error-filter", "rgd", "rad"}
 
 
 def _inputs(kind: str, batch: int = 2, classes: int = 3) -> tuple[torch.Tensor, ...]:
@@ -106,3 +125,56 @@ def test_absent_classes_change_nothing(name: str, factory: Callable, kind: str) 
     logits_14 = torch.cat([logits_3, torch.full((2, 11, 8, 8), -1e4)], dim=1)
     loss = factory(reduction="none")
     torch.testing.assert_close(loss(student, teacher, target, logits_14), loss(student, teacher, target, logits_3))
+
+
+@pytest.mark.parametrize(("name", "factory", "kind"), TERMS, ids=IDS)
+def test_background_only_sample_in_the_batch_mean(name: str, factory: Callable, kind: str) -> None:
+    torch.manual_seed(9)
+    student, teacher, target, teacher_logits = _inputs(kind)
+    target[1] = 0  # background only
+    student.requires_grad_(True)
+    none = factory(reduction="none")(student, teacher, target, teacher_logits)
+    mean = factory()(student, teacher, target, teacher_logits)
+    alone = factory()(student[:1], teacher[:1], target[:1], teacher_logits[:1])
+    torch.testing.assert_close(none[0], alone)
+    torch.testing.assert_close(factory(reduction="sum")(student, teacher, target, teacher_logits), none.sum())
+    if name in SKIP_BACKGROUND_ONLY:
+        assert none[1].item() == 0.0
+        torch.testing.assert_close(mean, alone)
+    else:
+        torch.testing.assert_close(mean, none.mean())
+    mean.backward()
+    assert torch.isfinite(student.grad).all()
+
+
+@pytest.mark.parametrize(("name", "factory", "kind"), TERMS, ids=IDS)
+def test_finite_when_no_sample_has_foreground(name: str, factory: Callable, kind: str) -> None:
+    torch.manual_seed(10)
+    student, teacher, target, teacher_logits = _inputs(kind)
+    target = torch.zeros_like(target)
+    student.requires_grad_(True)
+    value = factory()(student, teacher, target, teacher_logits)
+    assert torch.isfinite(value)
+    if name in SKIP_BACKGROUND_ONLY:
+        assert value.item() == 0.0
+    value.backward()
+    assert torch.isfinite(student.grad).all()
+
+
+@pytest.mark.parametrize(("name", "factory", "kind"), FEATURE_TERMS, ids=[t[0] for t in FEATURE_TERMS])
+def test_labels_larger_than_the_features(name: str, factory: Callable, kind: str) -> None:
+    # labels at 32x32 for 8x8 / 4x4 features: finite values and gradients, and a class that only covers single
+    # pixels between the nearest-sampled ones still changes the value (it is present as an area fraction)
+    torch.manual_seed(11)
+    student, teacher, _, _ = _inputs(kind)
+    target = torch.randint(0, 2, (2, 1, 32, 32))
+    target[:, :, 1::4, 1::4] = 2  # class 2 only off the nearest grid (rows/cols 0, 4, 8, ...)
+    teacher_logits = one_hot_labels(target, 3) * 4.0  # the teacher is right everywhere
+    student.requires_grad_(True)
+    value = factory(reduction="none")(student, teacher, target, teacher_logits)
+    assert value.shape == (2,) and torch.isfinite(value).all() and (value >= 0).all()
+    value.sum().backward()
+    assert torch.isfinite(student.grad).all()
+    without = factory(reduction="none")(student, teacher, target.clamp(max=1), one_hot_labels(target.clamp(max=1), 3))
+    if name not in {"imd", "cwd-features", "skd", "skd-max"}:  # label-free terms
+        assert not torch.allclose(value, without)

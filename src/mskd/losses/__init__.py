@@ -1,6 +1,6 @@
 """Distillation losses of ``mskd`` (teacher → student structured knowledge distillation)."""
 
-from mskd.losses.base import DistillationTermLoss
+from mskd.losses.base import DistillationTermLoss, SampleValues
 from mskd.losses.cwd import ChannelWiseDistillationLoss
 from mskd.losses.distillation import DistillationLoss
 from mskd.losses.ffd import FeatureFilteringDistillationLoss
@@ -22,4 +22,5 @@ __all__ = [
     "PairwiseSimilarityDistillationLoss",
     "RegionAffinityDistillationLoss",
     "RegionGraphDistillationLoss",
+    "SampleValues",
 ]

@@ -5,13 +5,15 @@ Every distillation term of ``mskd`` is called the same way::
     loss(student, teacher, target, teacher_logits) -> Tensor
 
 so that the composite :class:`mskd.losses.DistillationLoss` can treat logit and feature terms alike. This module
-holds that uniform call signature, the input checks shared by all terms and the batch reduction.
+holds that uniform call signature, the input checks shared by all terms and the batch reduction, which averages over
+the samples that have something to distil (:class:`SampleValues`).
 """
 
 from __future__ import annotations
 
 import math
 from numbers import Integral, Real
+from typing import NamedTuple
 
 import torch
 from monai.utils import LossReduction, look_up_option
@@ -20,16 +22,34 @@ from torch.nn.modules.loss import _Loss
 
 from mskd.losses.regions import check_labels
 
-__all__ = ["DistillationTermLoss", "check_int", "check_real"]
+__all__ = ["DistillationTermLoss", "SampleValues", "check_int", "check_real"]
 
 
-def check_real(name: str, value: object, *, minimum: float = 0.0, strict: bool = False) -> float:
+class SampleValues(NamedTuple):
+    """Per-sample values of a term together with the samples that have something to distil.
+
+    A term returns it from :meth:`DistillationTermLoss.per_sample` when some samples carry no signal for it (e.g. a
+    background-only slice for a region term), so that they do not dilute the batch mean.
+
+    Attributes:
+        values: ``(B,)`` per-sample values (any value for an invalid sample: it is replaced by 0).
+        valid: ``(B,)`` bool, whether each sample has something to distil.
+    """
+
+    values: Tensor
+    valid: Tensor
+
+
+def check_real(
+    name: str, value: object, *, minimum: float = 0.0, maximum: float | None = None, strict: bool = False
+) -> float:
     """Validate a real-valued hyper-parameter and return it as ``float``.
 
     Args:
         name: argument name used in the error message.
         value: the value to check (``bool`` is rejected).
         minimum: smallest allowed value.
+        maximum: largest allowed value, or ``None`` for no upper bound.
         strict: if ``True`` the value must be strictly greater than ``minimum``.
 
     Returns:
@@ -37,13 +57,17 @@ def check_real(name: str, value: object, *, minimum: float = 0.0, strict: bool =
 
     Raises:
         TypeError: When ``value`` is not a real number.
-        ValueError: When ``value`` is not finite or is below (or, with ``strict``, equal to) ``minimum``.
+        ValueError: When ``value`` is not finite, is below (or, with ``strict``, equal to) ``minimum`` or above
+            ``maximum``.
     """
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__}).")
     value = float(value)
-    if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+    too_large = maximum is not None and value > maximum
+    if not math.isfinite(value) or value < minimum or (strict and value == minimum) or too_large:
         bound = f"> {minimum}" if strict else f">= {minimum}"
+        if maximum is not None:
+            bound += f" and <= {maximum}"
         raise ValueError(f"{name} must be finite and {bound}, got {value!r}.")
     return value
 
@@ -86,9 +110,11 @@ def _check_tensor(name: str, value: object) -> Tensor:
 class DistillationTermLoss(_Loss):
     """Base class of a teacher → student distillation term.
 
-    Subclasses implement :meth:`per_sample`, which returns one value per batch item; :meth:`forward` checks the
-    inputs, detaches the teacher tensors (gradients reach the student only), runs :meth:`per_sample` in float32
-    (float64 inputs stay float64) with autocast disabled, and applies ``reduction``.
+    Subclasses implement :meth:`per_sample`, which returns one value per batch item, either as a tensor (every sample
+    counts) or as :class:`SampleValues` ``(values, valid)`` (only the samples with something to distil count);
+    :meth:`forward` checks the inputs, detaches the teacher tensors (gradients reach the student only), runs
+    :meth:`per_sample` in float32 (float64 inputs stay float64) with autocast disabled, and applies ``reduction``
+    over the valid samples (see :meth:`reduce`).
 
     Shapes (``K`` = number of classes, taken from ``teacher_logits``):
 
@@ -98,8 +124,9 @@ class DistillationTermLoss(_Loss):
     - ``teacher_logits``: ``B, K, H, W`` teacher logits at input resolution.
 
     Args:
-        reduction: {``"none"``, ``"mean"``, ``"sum"``} reduction over the batch of the per-sample values.
-            ``"none"`` returns shape ``(B,)``. Defaults to ``"mean"``.
+        reduction: {``"none"``, ``"mean"``, ``"sum"``} reduction over the batch of the per-sample values:
+            ``"mean"`` averages over the valid samples (0 when there is none), ``"sum"`` sums them, ``"none"``
+            returns shape ``(B,)`` with 0 for the invalid ones. Defaults to ``"mean"``.
 
     Raises:
         ValueError: When ``reduction`` is not one of ``"none"``, ``"mean"``, ``"sum"``.
@@ -118,7 +145,7 @@ class DistillationTermLoss(_Loss):
             teacher_logits: teacher logits ``B, K, H, W`` (detached here).
 
         Returns:
-            The per-sample values ``(B,)`` reduced according to ``reduction``.
+            The per-sample values ``(B,)`` reduced over the valid samples according to ``reduction``.
 
         Raises:
             TypeError: When an input is not a tensor.
@@ -135,8 +162,13 @@ class DistillationTermLoss(_Loss):
             )
         return self.reduce(per_sample)
 
-    def per_sample(self, student: Tensor, teacher: Tensor, target: Tensor, teacher_logits: Tensor) -> Tensor:
-        """Return the unreduced term, shape ``(B,)``; implemented by subclasses (inputs already checked)."""
+    def per_sample(
+        self, student: Tensor, teacher: Tensor, target: Tensor, teacher_logits: Tensor
+    ) -> Tensor | SampleValues:
+        """Return the unreduced term: ``(B,)`` values, or :class:`SampleValues` with the samples that count.
+
+        Implemented by subclasses (inputs already checked).
+        """
         raise NotImplementedError
 
     @staticmethod
@@ -177,17 +209,37 @@ class DistillationTermLoss(_Loss):
                 )
         check_labels(target, teacher_logits.shape[1])
 
-    def reduce(self, per_sample: Tensor) -> Tensor:
-        """Apply ``reduction`` to per-sample values of shape ``(B,)``.
+    def reduce(self, per_sample: Tensor | SampleValues) -> Tensor:
+        """Apply ``reduction`` over the valid samples.
+
+        As implemented, with values ``L_b`` and valid samples ``V`` (every sample for a plain tensor)::
+
+            "none": [b in V] * L_b  (shape (B,))    "sum": sum_{b in V} L_b    "mean": sum_{b in V} L_b / max(|V|, 1)
+
+        so a batch without a valid sample gives 0 (no NaN), and invalid samples get no gradient.
 
         Args:
-            per_sample: one value per batch item, shape ``(B,)``.
+            per_sample: ``(B,)`` values, or :class:`SampleValues` ``(values, valid)`` of shape ``(B,)`` each.
 
         Returns:
-            ``per_sample`` itself (``"none"``), its mean (``"mean"``) or its sum (``"sum"``).
+            The reduced value (a scalar), or the ``(B,)`` values for ``"none"``.
+
+        Raises:
+            ValueError: When ``values`` and ``valid`` differ in shape.
         """
+        if isinstance(per_sample, SampleValues):
+            values, valid = per_sample
+            if values.shape != valid.shape:
+                raise ValueError(
+                    f"SampleValues needs values and valid of one shape, got {tuple(values.shape)} and "
+                    f"{tuple(valid.shape)}."
+                )
+            values = torch.where(valid, values, torch.zeros_like(values))
+            count = valid.sum().clamp(min=1).to(values.dtype)
+        else:
+            values, count = per_sample, None
         if self.reduction == LossReduction.MEAN.value:
-            return per_sample.mean()
+            return values.mean() if count is None else values.sum() / count
         if self.reduction == LossReduction.SUM.value:
-            return per_sample.sum()
-        return per_sample
+            return values.sum()
+        return values

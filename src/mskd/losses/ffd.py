@@ -9,13 +9,12 @@ import torch.nn.functional as F
 from monai.utils import LossReduction
 from torch import Tensor
 
-from mskd.losses.base import DistillationTermLoss, check_int, check_real
+from mskd.losses.base import DistillationTermLoss, SampleValues, check_int, check_real
 from mskd.losses.regions import (
+    DEFAULT_MIN_REGION_FRACTION,
     class_prototypes,
-    distillation_filter,
-    one_hot_labels,
+    filtered_regions,
     region_balanced_weights,
-    resize_labels,
     resize_to_common_size,
 )
 
@@ -52,34 +51,45 @@ class FeatureFilteringDistillationLoss(DistillationTermLoss):
     full equations are not published; it is built from the attention transfer of EMKD (Qin et al., TMI 2021) and
     the region-aware weighting of IFVD (Wang et al., ECCV 2020). As implemented, with student/teacher features
     ``F^S`` (``B, C_s, h_s, w_s``) and ``F^T`` (``B, C_t, h_t, w_t``) resized to the common size ``H x W`` (the
-    larger one, bilinear), labels ``y`` nearest-resized to ``H x W``, one-hot ``Y`` with ``K`` classes and the
-    teacher prediction ``argmax z^T`` (at input resolution, nearest-resized to ``H x W``):
+    larger one, bilinear), labels ``y`` (``B, 1, H0, W0``, ``K`` classes) and teacher logits ``z^T`` at input
+    resolution:
 
     1. ``A^S = channel_agnostic_map(F^S)``, ``A^T = channel_agnostic_map(F^T)`` (see :func:`channel_agnostic_map`).
-    2. ``M_p = [argmax z^T_p = y_p] * [p in dilate(y > 0, band_radius)]``; the first factor only if
-       ``filter_teacher_errors``; dilation by a ``(2r+1) x (2r+1)`` square; ``band_radius=0`` → organs only.
-    3. ``w_p = 1 / (K_present * |R_k ∩ M|)`` for ``p in R_k ∩ M`` (``R_k`` ground-truth class regions,
-       background included, ``K_present`` = number of classes with ``|R_k ∩ M| > 0``).
-    4. ``L_b = sum_p M_p * w_p * (A^S_p - A^T_p)^2``; a sample with an empty ``M`` gives 0.
-    5. Optional region-prototype term (``prototype_weight = λ_p > 0``): prototypes of the filtered class regions
-       ``v_k = sum_p Y_kp M_p F_p / (sum_p Y_kp M_p + eps)`` compared as unit vectors,
-       ``L_b += λ_p * mean_{k present in M} ||v^S_k / ||v^S_k|| - v^T_k / ||v^T_k|| ||^2`` (each value in ``[0, 4]``).
+    2. At input resolution, ``M_q = [argmax z^T_q = y_q] * [q in dilate(y > 0, band_radius)]``; the first factor
+       only if ``filter_teacher_errors``; dilation by a ``(2r+1) x (2r+1)`` square, ``r`` in input pixels (so the
+       band covers the same part of the image at every stride); ``band_radius=0`` → organs only.
+    3. Kept regions at ``H x W``: ``R_k = area_pool(one_hot(y)_k * M)``, the fraction of each feature pixel that is
+       class ``k`` and kept (:func:`mskd.losses.regions.filtered_regions`; a 1-pixel organ stays present at any
+       stride).
+    4. ``w_p = sum_k R_k,p / (K_present * max(|R_k|, n_min))`` with ``|R_k| = sum_p R_k,p``, ``K_present`` the number
+       of classes (background included) with ``|R_k| > 0`` and ``n_min = min_region_fraction * H W``
+       (:func:`mskd.losses.regions.region_balanced_weights`; weights sum to 1 unless a region is below the floor).
+    5. ``L_b = sum_p w_p * (A^S_p - A^T_p)^2``.
+    6. Optional region-prototype term (``prototype_weight = λ_p > 0``): prototypes of the kept class regions
+       ``v_k = sum_p R_k,p F_p / (sum_p R_k,p + eps)`` compared as unit vectors,
+       ``L_b += λ_p * mean_{k: |R_k| > 0} ||v^S_k / ||v^S_k|| - v^T_k / ||v^T_k|| ||^2`` (each value in ``[0, 4]``).
 
-    Then ``reduction``. Channel counts and spatial sizes of student and teacher may differ, except with the
-    prototype term, which compares feature vectors and so needs ``C_s == C_t``. Vectorised over classes and pixels
-    (no Python loop).
+    A sample counts only when ``M`` holds an organ (foreground) pixel (``sum_{k >= 1} |R_k| > 0``); the others (e.g.
+    background-only slices) score 0 and are left out of the batch mean (see
+    :class:`mskd.losses.base.SampleValues`). Then ``reduction``. Channel counts and spatial sizes of student and
+    teacher may differ, except with the prototype term, which compares feature vectors and so needs
+    ``C_s == C_t``. Vectorised over classes and pixels (no Python loop).
 
     Args:
-        band_radius: width ``r >= 0`` (pixels, at the common resolution) of the background band kept around organs.
+        band_radius: width ``r >= 0``, in input pixels, of the background band kept around organs.
         filter_teacher_errors: drop pixels the teacher misclassifies.
         prototype_weight: weight ``λ_p >= 0`` of the region-prototype term; ``0`` (default) leaves it out.
+        min_region_fraction: floor on a kept region's size in the region balance, as a fraction of the feature map
+            (equivalently of the image), in ``[0, 1]``; ``0`` turns it off. Defaults to 0.001.
         eps: stabiliser of the map normalisation and of the prototypes (``> 0``).
-        reduction: {``"none"``, ``"mean"``, ``"sum"``} reduction over the batch. Defaults to ``"mean"``.
+        reduction: {``"none"``, ``"mean"``, ``"sum"``} reduction over the batch (over the samples that count).
+            Defaults to ``"mean"``.
 
     Raises:
         TypeError: When an argument has the wrong type.
-        ValueError: When ``band_radius < 0``, ``prototype_weight < 0``, ``eps <= 0`` or ``reduction`` is invalid; at
-            call time, when ``prototype_weight > 0`` and the channel counts of student and teacher differ.
+        ValueError: When ``band_radius < 0``, ``prototype_weight < 0``, ``min_region_fraction`` is outside
+            ``[0, 1]``, ``eps <= 0`` or ``reduction`` is invalid; at call time, when ``prototype_weight > 0`` and the
+            channel counts of student and teacher differ.
     """
 
     def __init__(
@@ -87,6 +97,7 @@ class FeatureFilteringDistillationLoss(DistillationTermLoss):
         band_radius: int = 4,
         filter_teacher_errors: bool = True,
         prototype_weight: float = 0.0,
+        min_region_fraction: float = DEFAULT_MIN_REGION_FRACTION,
         eps: float = 1e-8,
         reduction: LossReduction | str = LossReduction.MEAN,
     ) -> None:
@@ -96,10 +107,11 @@ class FeatureFilteringDistillationLoss(DistillationTermLoss):
             raise TypeError(f"filter_teacher_errors must be a bool, got {filter_teacher_errors!r}.")
         self.filter_teacher_errors = filter_teacher_errors
         self.prototype_weight = check_real("prototype_weight", prototype_weight, minimum=0.0)
+        self.min_region_fraction = check_real("min_region_fraction", min_region_fraction, minimum=0.0, maximum=1.0)
         self.eps = check_real("eps", eps, minimum=0.0, strict=True)
 
-    def per_sample(self, student: Tensor, teacher: Tensor, target: Tensor, teacher_logits: Tensor) -> Tensor:
-        """Per-sample FFD values.
+    def per_sample(self, student: Tensor, teacher: Tensor, target: Tensor, teacher_logits: Tensor) -> SampleValues:
+        """Per-sample FFD values and the samples whose kept set holds an organ pixel.
 
         Args:
             student: student features ``B, C_s, h_s, w_s``.
@@ -108,7 +120,7 @@ class FeatureFilteringDistillationLoss(DistillationTermLoss):
             teacher_logits: teacher logits ``B, K, H0, W0``.
 
         Returns:
-            ``(B,)`` per-sample values.
+            :class:`mskd.losses.base.SampleValues` with ``(B,)`` values and valid samples.
 
         Raises:
             ValueError: When ``prototype_weight > 0`` and student and teacher channel counts differ.
@@ -122,16 +134,18 @@ class FeatureFilteringDistillationLoss(DistillationTermLoss):
         feat_s, feat_t = resize_to_common_size(student, teacher)
         map_s = channel_agnostic_map(feat_s, self.eps)
         map_t = channel_agnostic_map(feat_t, self.eps)
-        labels = resize_labels(target, feat_s.shape[-2:])
-        mask = distillation_filter(labels, teacher_logits, self.band_radius, self.filter_teacher_errors)
-        regions = one_hot_labels(labels, teacher_logits.shape[1], dtype=map_s.dtype)
-        weights = region_balanced_weights(regions, mask)  # zero outside M
+        kept = filtered_regions(  # R_k ∩ M as area fractions, B, K, H, W
+            target, teacher_logits, feat_s.shape[-2:], self.band_radius, self.filter_teacher_errors, map_s.dtype
+        )
+        counts = kept.sum(dim=(2, 3))  # B, K
+        valid = counts[:, 1:].sum(dim=1) > 0  # M holds an organ pixel
+        weights = region_balanced_weights(kept, min_region_fraction=self.min_region_fraction)  # zero outside M
         value = (weights * (map_s - map_t).pow(2)).sum(dim=(1, 2, 3))
         if self.prototype_weight == 0:
-            return value
-        kept = regions * mask.to(regions.dtype)  # R_k ∩ M (band_radius is an int here, so M is never None)
-        present = (kept.sum(dim=(2, 3)) > 0).to(value.dtype)  # B, K
+            return SampleValues(value, valid)
+        present = (counts > 0).to(value.dtype)  # B, K
         unit_s = F.normalize(class_prototypes(feat_s, kept, self.eps), dim=-1, eps=self.eps)
         unit_t = F.normalize(class_prototypes(feat_t, kept, self.eps), dim=-1, eps=self.eps)
         per_class = (unit_s - unit_t).pow(2).sum(dim=-1)  # B, K
-        return value + self.prototype_weight * (per_class * present).sum(dim=1) / present.sum(dim=1).clamp(min=1)
+        value = value + self.prototype_weight * (per_class * present).sum(dim=1) / present.sum(dim=1).clamp(min=1)
+        return SampleValues(value, valid)

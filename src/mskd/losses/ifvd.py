@@ -16,13 +16,20 @@ __all__ = ["IntraClassFeatureVariationLoss", "intra_class_variation_map"]
 def intra_class_variation_map(features: Tensor, regions: Tensor, eps: float = 1e-8) -> Tensor:
     """Cosine similarity of every pixel's feature to the centroid of its ground-truth class.
 
+    As implemented, with class regions ``Y`` (one-hot, or area fractions of each class in each pixel)::
+
+        v_k = sum_p Y_kp F_p / (sum_p Y_kp + eps)        # class centroids
+        m_p = cos(F_p, sum_k Y_kp v_k)                   # one-hot: cos(F_p, v_{y_p})
+
+    so a pixel shared between classes is compared with the area-weighted mix of their centroids.
+
     Args:
         features: ``B, C, H, W`` features.
-        regions: ``B, K, H, W`` one-hot ground truth at the same resolution.
+        regions: ``B, K, H, W`` class regions at the same resolution (one-hot or area fractions).
         eps: stabiliser of the centroid average and of the norms.
 
     Returns:
-        ``B, H, W`` map ``m_p = cos(F_p, v_{y_p})`` (0 where a vector is zero).
+        ``B, H, W`` map ``m_p`` (0 where a vector is zero).
     """
     centroids = class_prototypes(features, regions, eps)  # B, K, C
     per_pixel = torch.einsum("bkhw,bkc->bchw", regions.to(features.dtype), centroids)  # v_{y_p}
@@ -34,15 +41,18 @@ class IntraClassFeatureVariationLoss(DistillationTermLoss):
 
     Reproduces IFVD (Wang et al., "Intra-class feature variation distillation for semantic segmentation",
     ECCV 2020). As implemented, with features resized to the common size ``H x W`` (the larger one, bilinear) and
-    labels ``y`` / one-hot ``Y`` (``K`` classes, nearest-resized to ``H x W``), separately for student and teacher::
+    soft class regions ``Y`` (``K`` classes: the area fraction of each class in each feature pixel, one-hot labels
+    at input resolution average-pooled to ``H x W``, see :func:`mskd.losses.regions.label_regions`; one-hot where
+    the labels are at the features' size), separately for student and teacher::
 
         v_k = sum_p Y_kp F_p / (sum_p Y_kp + eps)                   # class centroids, B, K, C
-        m_p = cos(F_p, v_{y_p})                                      # intra-class feature variation map, B, H, W
+        m_p = cos(F_p, sum_k Y_kp v_k)                               # intra-class feature variation map, B, H, W
         L_b = (1 / (H W)) * sum_p (m^S_p - m^T_p)^2
 
-    then ``reduction``. Every pixel has a label (background is a class), so every pixel counts, as IFVD's labelled
-    pixels do. The maps are cosines within each network, so channel counts may differ; an absent class has no
-    pixel and plays no part. Vectorised over classes and pixels (no Python loop).
+    (with one-hot ``Y``, ``m_p = cos(F_p, v_{y_p})``), then ``reduction``. Every pixel has a label (background is a
+    class), so every pixel counts, as IFVD's labelled pixels do, and every sample counts (a background-only slice
+    still has a meaningful variation map). The maps are cosines within each network, so channel counts may differ;
+    an absent class has no pixel and plays no part. Vectorised over classes and pixels (no Python loop).
 
     Args:
         eps: stabiliser of the centroid average and of the norms (``> 0``).
