@@ -13,6 +13,7 @@ from mskd.experiment import (
     ExperimentError,
     chosen_runs,
     format_results,
+    learning_speed,
     load_experiment,
     plan_runs,
     run_experiment,
@@ -227,3 +228,37 @@ def test_paper_configs_two_iteration_smoke(tmp_path, name):
     assert executed["optimizer"]["_target_"] == "torch.optim.SGD" and executed["optimizer"]["momentum"] == 0.9
     log = (tmp_path / "work" / "logs" / "enet_from_transunet_small-mskd-s0.log").read_text(encoding="utf-8")
     assert "Engine run resuming from iteration 0, epoch 0 until 1 epochs" in log
+
+
+def test_learning_speed_from_validation_curves():
+    # converged Dice of enet = mean best validation of its no-KD runs = (0.6 + 0.8) / 2 = 0.7; target 0.9 * 0.7 = 0.63
+    curve = lambda *points: json.dumps([[5 * (i + 1), d] for i, d in enumerate(points)])  # noqa: E731
+    rows = [
+        {"student": "enet", "method": "no_kd", "val_mean_dice_best": 0.6, "val_curve": curve(0.3, 0.5, 0.6)},
+        {"student": "enet", "method": "no_kd", "val_mean_dice_best": 0.8, "val_curve": curve(0.4, 0.7, 0.8)},
+        {"student": "enet", "method": "kd", "val_mean_dice_best": 0.7, "val_curve": curve(0.65, 0.7, 0.7)},
+        {"student": "enet", "method": "kd", "val_mean_dice_best": 0.7, "val_curve": curve(0.2, 0.5, 0.6)},
+    ]
+    rows = [r | {"steps_per_epoch": 3, "seed": i} for i, r in enumerate(rows)]
+    speed = learning_speed(rows, "no_kd", short_epochs=12)
+    # short budget: the last validation at or before epoch 12 is epoch 10 (the second point)
+    assert [r["val_dice_short"] for r in speed] == [0.5, 0.7, 0.7, 0.5]
+    # first validation >= 0.63: never, epoch 10 (30 steps), epoch 5 (15 steps), never
+    steps = [r["steps_to_target"] for r in speed]
+    assert math.isnan(steps[0]) and steps[1:3] == [30, 15] and math.isnan(steps[3])
+    summary = {s["method"]: s for s in summarise_results(speed, [])}
+    assert summary["kd"]["steps_to_target"] == 15 and summary["kd"]["steps_to_target_reached"] == 1
+    assert summary["kd"]["val_dice_short"] == pytest.approx(0.6)
+    # without a short budget there is no short-budget value; a run without a curve reaches nothing
+    bare = learning_speed([{"student": "enet", "method": "kd", "val_mean_dice_best": 0.5}], "no_kd", None)[0]
+    assert math.isnan(bare["val_dice_short"]) and math.isnan(bare["steps_to_target"])
+
+
+def test_changed_data_is_refused_where_runs_were_made_on_other_data(tmp_path):
+    work = tmp_path / "work"
+    (work / "results").mkdir(parents=True)
+    (work / "data.json").write_text(json.dumps({**TINY_DATA["phantom"], "seed": 7}))
+    (work / "results" / "unet-teacher-s0.json").write_text("{}")
+    with pytest.raises(ExperimentError, match=r"data.phantom is now .* but the runs in .*work were made on"):
+        run_experiment(write(tmp_path, small_cfg()), workdir=work)
+    assert not (work / "data" / "dataset.json").exists()  # nothing regenerated over the old runs' data

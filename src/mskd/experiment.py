@@ -34,6 +34,7 @@ from mskd.io import atomic_open
 __all__ = [
     "RunSpec",
     "chosen_runs",
+    "learning_speed",
     "load_experiment",
     "plan_runs",
     "run_experiment",
@@ -55,6 +56,7 @@ _TOP_KEYS = {
     "students",
     "methods",
     "seeds",
+    "short_epochs",
 }
 _METHOD_KEYS = {"distill", "overrides", "seeds", "candidates", "students"}
 _PHANTOM_KEYS = {"task", "cases", "test_cases", "size", "seed", "difficulty", "fov_jitter"}
@@ -147,6 +149,9 @@ def load_experiment(path: str | os.PathLike) -> dict[str, Any]:
         raise _fail(path, f"jobs and threads must be >= 1, got jobs={cfg['jobs']} threads={cfg['threads']}")
     cfg["overrides"] = dict(_check_keys(path, "overrides", cfg.get("overrides", {}), set(cfg.get("overrides", {}))))
     cfg["seeds"] = _check_seeds(path, "seeds", cfg.get("seeds", [0]))
+    short = cfg.setdefault("short_epochs", None)
+    if short is not None and (isinstance(short, bool) or not isinstance(short, int) or short < 1):
+        raise _fail(path, f"short_epochs must be an integer >= 1 (epochs of the matched short budget), got {short!r}")
 
     data = _check_keys(path, "data", cfg["data"], {"phantom", "dataset_dir", "data_format"})
     if ("phantom" in data) == ("dataset_dir" in data):
@@ -307,10 +312,18 @@ def _dataset(cfg: Mapping[str, Any], workdir: Path) -> tuple[Path, str, str]:
     phantom["size"] = tuple(phantom.get("size", (96, 96, 48)))
     out = workdir / "data"
     stamp = workdir / "data.json"
-    if not stamp.is_file() or json.loads(stamp.read_text()) != {**phantom, "size": list(phantom["size"])}:
+    wanted = {**phantom, "size": list(phantom["size"])}
+    previous = json.loads(stamp.read_text()) if stamp.is_file() else None
+    if previous is not None and previous != wanted and any((workdir / "results").glob("*.json")):
+        # resuming would mix runs (and resume checkpoints) made on other data with runs on the new data
+        raise ExperimentError(
+            f"{cfg['path']}: data.phantom is now {wanted} but the runs in {workdir} were made on {previous}; "
+            "use another workdir, or delete that one to start the matrix anew"
+        )
+    if previous != wanted:
         generate_phantom_dataset(out, progress=True, **phantom)
         with atomic_open(stamp, "w") as f:
-            json.dump({**phantom, "size": list(phantom["size"])}, f)
+            json.dump(wanted, f)
     return out, "msd", phantom["task"]
 
 
@@ -368,13 +381,53 @@ def _read_summary(path: Path) -> dict[str, float]:
     return row
 
 
-def _best_validation(client: Any, experiment_id: str, name: str) -> float:
-    """Best ``val_mean_dice`` of the training run ``name`` (what weight candidates are chosen by)."""
+def _validation_curve(client: Any, experiment_id: str, name: str) -> tuple[list[list[float]], int | None]:
+    """The training run ``name``'s validation curve ``[[epoch, val_mean_dice], ...]`` and its steps per epoch."""
     runs = client.search_runs(
         [experiment_id], filter_string=f"attributes.run_name = '{name}'", order_by=["attributes.start_time DESC"]
     )
-    history = client.get_metric_history(runs[0].info.run_id, "val_mean_dice") if runs else []
-    return max((m.value for m in history), default=math.nan)
+    if not runs:
+        return [], None
+    history = client.get_metric_history(runs[0].info.run_id, "val_mean_dice")
+    steps = runs[0].data.params.get("steps_per_epoch")
+    return sorted([m.step, m.value] for m in history), None if steps is None else int(steps)
+
+
+def learning_speed(rows: Sequence[Mapping[str, Any]], reference: str | None, short_epochs: int | None) -> list[dict]:
+    """Add each run's speed of learning, read from its validation curve, to copies of ``rows``.
+
+    - ``val_dice_short``: validation Dice at the matched short budget, the last validation at or before
+      ``short_epochs`` (``nan`` without ``short_epochs`` or a curve);
+    - ``steps_to_target``: optimiser steps until the validation Dice first reaches 90 % of the student's converged
+      Dice, the mean best validation Dice of its ``reference`` (no-KD) rows; ``nan`` when never reached.
+
+    Args:
+        rows: result rows with ``val_curve`` (JSON ``[[epoch, dice], ...]``) and ``steps_per_epoch``.
+        reference: the method whose runs define each student's converged Dice (the non-distilling method).
+        short_epochs: the short budget in epochs, or ``None``.
+
+    Returns:
+        the rows with ``val_dice_short`` and ``steps_to_target`` added.
+    """
+    curves = [json.loads(r["val_curve"]) if r.get("val_curve") else [] for r in rows]
+    converged: dict[str, list[float]] = {}
+    for r in rows:
+        if r["method"] == reference and r.get("selected", True) not in (False, "False", "false", 0):
+            converged.setdefault(r["student"], []).append(float(r.get("val_mean_dice_best", math.nan)))
+    out = []
+    for r, curve in zip(rows, curves, strict=True):
+        steps = int(r["steps_per_epoch"]) if r.get("steps_per_epoch") not in (None, "") else None
+        short = [dice for epoch, dice in curve if short_epochs is not None and epoch <= short_epochs]
+        target = 0.9 * _mean_std(converged.get(r["student"], []))[0]
+        reached = [epoch for epoch, dice in curve if dice >= target]
+        out.append(
+            {
+                **r,
+                "val_dice_short": short[-1] if short else math.nan,
+                "steps_to_target": reached[0] * steps if reached and steps and r["method"] != "teacher" else math.nan,
+            }
+        )
+    return out
 
 
 def _adopt(client: Any, experiment_id: str, names: Sequence[str], parent: str, tags: Mapping[str, str]) -> None:
@@ -434,13 +487,16 @@ class _Matrix:
         t2 = time.perf_counter()
         tags = {"experiment": self.cfg["name"], "row": run.label}
         _adopt(self.client, self.experiment_id, [run.name, f"{run.name}-test"], self.parent, tags)
+        curve, steps_per_epoch = _validation_curve(self.client, self.experiment_id, run.name)
         row = {
             "run": run.name,
             "student": run.student or self.cfg["teacher"]["network"],
             "method": run.label,
             "candidate": "" if run.candidate is None else run.candidate,
             "seed": run.seed,
-            "val_mean_dice_best": _best_validation(self.client, self.experiment_id, run.name),
+            "val_mean_dice_best": max((dice for _, dice in curve), default=math.nan),
+            "val_curve": json.dumps(curve),
+            "steps_per_epoch": "" if steps_per_epoch is None else steps_per_epoch,
             **_read_summary(Path(self.base["output_dir"]) / f"{run.name}-test_metrics_summary.csv"),
             "train_s": round(t1 - t0, 1),
             "evaluate_s": round(t2 - t1, 1),
@@ -536,7 +592,9 @@ def summarise_results(rows: Sequence[Mapping[str, Any]], organs: Sequence[str]) 
 
     Returns:
         one dict per (student, method), in first-seen order: ``student``, ``method``, ``seeds`` and, for every
-        metric column ``m`` (``dice_mean``, ``hd95_mean``, ``dice_<organ>``, ``hd95_<organ>``), ``m`` and ``m_std``.
+        metric column ``m`` (``dice_mean``, ``hd95_mean``, ``dice_<organ>``, ``hd95_<organ>``, and
+        ``val_dice_short``, ``steps_to_target`` where the rows have them, see :func:`learning_speed`), ``m`` and
+        ``m_std`` (over the seeds with a value); ``steps_to_target_reached`` counts the seeds that reached the target.
     """
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for r in rows:
@@ -544,11 +602,14 @@ def summarise_results(rows: Sequence[Mapping[str, Any]], organs: Sequence[str]) 
             continue
         groups.setdefault((r["student"], r["method"]), []).append(r)
     columns = ["dice_mean", "hd95_mean"] + [f"{k}_{o}" for k in ("dice", "hd95") for o in organs]
+    columns += [c for c in ("val_dice_short", "steps_to_target") if any(c in r for r in rows)]
     out = []
     for (student, method), members in groups.items():
         summary: dict[str, Any] = {"student": student, "method": method, "seeds": len(members)}
         for c in columns:
-            summary[c], summary[f"{c}_std"] = _mean_std([float(m[c]) for m in members])
+            summary[c], summary[f"{c}_std"] = _mean_std([float(m.get(c, math.nan)) for m in members])
+        if "steps_to_target" in columns:
+            summary["steps_to_target_reached"] = sum(not math.isnan(float(m["steps_to_target"])) for m in members)
         out.append(summary)
     return out
 
@@ -557,6 +618,17 @@ def _pm(mean: float, std: float, scale: float = 1.0, digits: int = 1) -> str:
     if math.isnan(mean):
         return "–"
     return f"{scale * mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {scale * std:.{digits}f}")
+
+
+def _steps(summary: Mapping[str, Any]) -> str:
+    """Steps to the target Dice, ``mean ± std``, with ``(k of n seeds)`` when not every seed reached it."""
+    reached, seeds = summary.get("steps_to_target_reached", 0), summary["seeds"]
+    if summary["method"] == "teacher":
+        return ""
+    if not reached:
+        return "not reached"
+    text = _pm(summary["steps_to_target"], summary["steps_to_target_std"], digits=0)
+    return text if reached == seeds else f"{text} ({reached} of {seeds} seeds)"
 
 
 def _gap_closed(summary: Sequence[Mapping[str, Any]], teacher: Mapping[str, Any] | None, reference: str | None):
@@ -580,9 +652,10 @@ def format_results(
     wall_s: float,
 ) -> str:
     """The markdown report: overall table with the gap closed, per-organ Dice and HD95, the weight selection."""
-    summary = summarise_results(rows, organs)
-    teacher = next((s for s in summary if s["method"] == "teacher"), None)
     reference = next((m for m, spec in cfg["methods"].items() if not spec["distill"]), None)
+    short = cfg.get("short_epochs")
+    summary = summarise_results(learning_speed(rows, reference, short), organs)
+    teacher = next((s for s in summary if s["method"] == "teacher"), None)
     gap = _gap_closed(summary, teacher, reference)
     size, threads = cfg["overrides"].get("image_size", 224), cfg["threads"]
     lines = [f"# Experiment `{cfg['name']}`", ""]
@@ -591,11 +664,14 @@ def format_results(
     lines += [
         f"Produced by `mskd experiment {os.path.relpath(cfg['path'])}`. Test split; mean ± sample std over seeds;",
         "every checkpoint is the best on the validation split. Gap closed = (method − "
-        f"{reference or 'no-KD'}) ÷ (teacher − {reference or 'no-KD'}) of mean Dice.",
+        f"{reference or 'no-KD'}) ÷ (teacher − {reference or 'no-KD'}) of mean Dice. Speed of learning, from each "
+        "run's validation curve: validation Dice after the matched short budget of "
+        f"{short if short else '–'} epochs, and optimiser steps until the validation Dice first reaches 90 % of the "
+        f"student's converged (best {reference or 'no-KD'}) validation Dice, with the seeds that reached it.",
         "",
         f"| student | method | seeds | params | CPU ms (b1, {size}², {threads} thr) | Dice (%) | HD95 (mm) "
-        "| gap closed |",
-        "|---|---|---|---|---|---|---|---|",
+        "| gap closed | val Dice @ short budget (%) | steps to 90 % |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         c = costs.get(s["student"], {})
@@ -603,7 +679,9 @@ def format_results(
         lines.append(
             f"| {s['student']} | {s['method']} | {s['seeds']} | {int(c.get('params', 0)):,} | "
             f"{c.get('latency_ms', math.nan):.1f} | {_pm(s['dice_mean'], s['dice_mean_std'], 100)} | "
-            f"{_pm(s['hd95_mean'], s['hd95_mean_std'])} | {'' if g is None else f'{100 * g:+.0f} %'} |"
+            f"{_pm(s['hd95_mean'], s['hd95_mean_std'])} | {'' if g is None else f'{100 * g:+.0f} %'} | "
+            f"{_pm(s.get('val_dice_short', math.nan), s.get('val_dice_short_std', math.nan), 100)} | "
+            f"{_steps(s)} |"
         )
     for metric, scale, title in (("dice", 100, "Dice (%)"), ("hd95", 1, "HD95 (mm)")):
         lines += ["", f"## Per-organ {title}", "", "| student | method | " + " | ".join(organs) + " |"]
@@ -735,18 +813,21 @@ def run_experiment(config: str | os.PathLike, workdir: str | os.PathLike | None 
     total = len(plan_runs(cfg, {key: 0 for key in with_candidates}))
     with tqdm(total=total, desc=f"experiment {cfg['name']}", unit="run", disable=None) as progress:
         matrix.run_all(first[:1], progress)  # the teacher, before anyone distils from it
-        matrix.run_all(first[1:], progress)
-        chosen = {}
-        for student, method in with_candidates:
-            scores = [
-                json.loads(matrix.result_path(r).read_text())["val_mean_dice_best"]
-                for r in first
-                if r.student == student and r.label == method
-            ]
-            chosen[(student, method)] = max(
-                range(len(scores)), key=lambda i: -math.inf if math.isnan(scores[i]) else scores[i]
-            )
-        matrix.run_all(chosen_runs(cfg, chosen), progress)
+        chosen: dict[tuple[str, str], int] = {}
+        # method by method, in the file's order (its order of importance): a method's chosen candidate runs its
+        # other seeds before the next method starts, so an interrupted matrix has its first rows complete
+        for method in cfg["methods"]:
+            matrix.run_all([r for r in first[1:] if r.label == method], progress)
+            for student in (s for s, m in with_candidates if m == method):
+                scores = [
+                    json.loads(matrix.result_path(r).read_text())["val_mean_dice_best"]
+                    for r in first
+                    if r.student == student and r.label == method
+                ]
+                chosen[(student, method)] = max(
+                    range(len(scores)), key=lambda i: -math.inf if math.isnan(scores[i]) else scores[i]
+                )
+            matrix.run_all([r for r in chosen_runs(cfg, chosen) if r.label == method], progress)
 
     rows = []
     for run in plan_runs(cfg, chosen):
