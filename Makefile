@@ -50,6 +50,7 @@ bench: install
 	$(BIN)/python benchmarks/losses.py
 	$(BIN)/python benchmarks/inference.py
 	$(BIN)/python benchmarks/data.py
+	$(BIN)/python benchmarks/teacher_cache.py
 
 # Figures in docs/ that are generated from code and data (the real CT sample lives outside the repository).
 figures: install

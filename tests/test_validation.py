@@ -233,6 +233,9 @@ def test_good_training_configs_have_no_problem(phantom, checkpoints):
     distill = {"role": "student", "distill_stages": ["low", "high"], "teacher_ckpt": checkpoints / "unet9.pt"}
     assert training_problems(**common) == []
     assert training_problems(**common, **distill) == []
+    for teacher_outputs, augment in (("auto", True), ("auto", "false"), ("cached", False), ("live", True)):
+        assert training_problems(**common, **distill, teacher_outputs=teacher_outputs, augment=augment) == []
+    assert training_problems(**common, **distill, teacher_cache_gib=0.5) == []
     evaluate = {**common, "split": "test", "num_val_cases": None, "role": "student"}
     assert training_problems(**evaluate, ckpt_path=checkpoints / "tiny9.pt") == []
     # a network without declared taps names them in the config: not checked here
@@ -249,6 +252,15 @@ def test_good_training_configs_have_no_problem(phantom, checkpoints):
         ({"loss_weights": {"w": "1"}}, "w: loss weight must be a finite number >= 0, got '1'"),
         ({"distill_stages": "low"}, "distill_stages: must be a non-empty list of tap names, got 'low'"),
         ({"role": "pupil"}, "role: must be 'teacher' or 'student', got 'pupil'"),
+        (
+            {"teacher_outputs": "cached", "augment": "true"},
+            "teacher_outputs: 'cached' needs augment false (random augmentation makes every input new, so the cache "
+            "would never hit and only cost memory); set teacher_outputs to 'auto' or 'live', or augment to false",
+        ),
+        ({"teacher_outputs": "always", "augment": False}, "teacher_outputs: Unsupported option 'always'"),
+        ({"teacher_cache_gib": "4"}, "teacher_cache_gib: must be a number > 0 (GiB), got '4'"),
+        ({"teacher_cache_gib": 0}, "teacher_cache_gib: must be a number > 0 (GiB), got 0"),
+        ({"teacher_cache_gib": float("inf")}, "teacher_cache_gib: must be a number > 0 (GiB), got inf"),
         ({"teacher_kwargs": [1]}, "teacher_kwargs: must be a mapping of constructor arguments, got [1]"),
         ({"num_classes": 1}, "num_classes: must be an integer >= 2 (background included), got 1"),
         ({"teacher_ckpt": "list.pt"}, "teacher_ckpt: teacher checkpoint {ckpt}/list.pt holds a list, not a state dict"),

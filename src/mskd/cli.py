@@ -13,7 +13,8 @@ from typing import Any
 
 __all__ = ["BENCHMARKS", "build_parser", "main"]
 
-BENCHMARKS = ("networks", "export", "training_step", "losses", "inference", "data")  # benchmarks/<name>.py
+# benchmarks/<name>.py
+BENCHMARKS = ("networks", "export", "training_step", "losses", "inference", "data", "teacher_cache")
 
 
 class UsageError(Exception):

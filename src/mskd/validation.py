@@ -21,7 +21,8 @@ What is checked:
   infinite voxel; each label has its image's shape and affine (within :data:`SPACING_TOLERANCE_MM` and
   :data:`DIRECTION_TOLERANCE`) and only the task's label values; enough cases for ``num_val_cases``;
 - the config: teacher and student names are registered networks that build with their kwargs; loss weights are
-  finite and >= 0; every ``distill_stages`` tap is declared by both networks;
+  finite and >= 0; every ``distill_stages`` tap is declared by both networks; ``teacher_outputs`` is a mode that
+  ``augment`` allows (no cached teacher outputs with random augmentation) and ``teacher_cache_gib`` a size;
 - checkpoints (the teacher's when distilling, the evaluated model's, the student's for inference): the file exists,
   reads, and fits the network (the first mismatching keys are named; a checkpoint of another class count says so);
 - inference inputs: the file or folder exists, NIfTI files read and are 3D without NaN, a DICOM folder holds one
@@ -513,6 +514,9 @@ def training_problems(
     distill_stages: Sequence[str] | None = None,
     teacher_ckpt: str | os.PathLike | None = None,
     ckpt_path: str | os.PathLike | None = None,
+    teacher_outputs: str | None = None,
+    augment: Any = None,
+    teacher_cache_gib: Any = None,
 ) -> list[str]:
     """Everything wrong with a training (or evaluation) run's data, networks, losses and checkpoints.
 
@@ -525,6 +529,10 @@ def training_problems(
         distill_stages: tap names distilled (distillation only); both networks must declare each.
         teacher_ckpt: the teacher's weights (distillation only); must exist and fit the teacher.
         ckpt_path: the weights of the network evaluated (evaluation only); must exist and fit it.
+        teacher_outputs: ``auto``, ``cached`` or ``live`` (distillation only; see
+            :func:`mskd.engines.resolve_teacher_outputs`), checked against ``augment``.
+        augment: the random augmentation switch (checked with ``teacher_outputs``).
+        teacher_cache_gib: the teacher cache's budget in GiB (distillation only); a number > 0.
 
     Returns:
         one line per problem (empty when the run can start).
@@ -541,6 +549,20 @@ def training_problems(
         problems += found
         networks[key] = (name, network)
     problems += _weight_problems(loss_weights)
+    if teacher_outputs is not None:
+        from mskd.engines import resolve_teacher_outputs
+
+        try:
+            resolve_teacher_outputs(teacher_outputs, augment)
+        except ValueError as e:
+            problems.append(str(e))
+    if teacher_cache_gib is not None and (
+        isinstance(teacher_cache_gib, bool)
+        or not isinstance(teacher_cache_gib, Real)
+        or not math.isfinite(teacher_cache_gib)
+        or int(teacher_cache_gib * 2**30) < 1
+    ):
+        problems.append(f"teacher_cache_gib: must be a number > 0 (GiB), got {teacher_cache_gib!r}")
     if distill_stages is not None:
         problems += _stage_problems(distill_stages, networks)
     for key, path, which in (("teacher_ckpt", teacher_ckpt, "teacher"), ("ckpt_path", ckpt_path, role)):

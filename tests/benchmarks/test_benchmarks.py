@@ -19,6 +19,7 @@ DOCS = {  # script -> the doc holding its section (markers included)
     "losses": "performance.md",
     "inference": "performance.md",
     "data": "performance.md",
+    "teacher_cache": "performance.md",
 }
 
 

@@ -142,6 +142,40 @@ def test_distillation_speed_options_reach_the_trainer(overrides, expected):
     assert tuple(parser.get_parsed_content(f"train#trainer#{key}") for key in keys) == expected
 
 
+@pytest.mark.parametrize(
+    "overrides, in_force, max_bytes",
+    [
+        ({}, "live", None),  # the bundle augments by default: every slice is new
+        ({"augment": False}, "cached", 4 * 2**30),
+        ({"augment": "false", "teacher_cache_gib": 0.5}, "cached", 2**29),  # the command line passes strings
+        ({"augment": "false", "teacher_outputs": "live"}, "live", None),
+        ({"augment": False, "teacher_outputs": "cached"}, "cached", 4 * 2**30),
+        ({"teacher_outputs": "live"}, "live", None),
+    ],
+)
+def test_teacher_outputs_follow_augment_to_the_trainer_and_the_run_params(overrides, in_force, max_bytes):
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / f) for f in ("train_teacher.json", "distill.json")])
+    parser.update(overrides)
+    assert parser.get_parsed_content("tracking_params#teacher_outputs") == in_force
+    cache = parser.get_parsed_content("train#trainer#teacher_cache")
+    assert cache is None if max_bytes is None else (cache.max_bytes == max_bytes and len(cache) == 0)
+    assert parser.get_parsed_content("checks#teacher_outputs") == overrides.get("teacher_outputs", "auto")
+
+
+def test_cached_teacher_outputs_with_augmentation_are_refused_in_one_line(workspace, tmp_path):
+    _, common = workspace
+    args = [*common, *CPU_NETWORKS, *output_dirs(tmp_path), "--teacher_outputs", "cached", "--augment", "true"]
+    proc = run_bundle(BUNDLE, "train_teacher.json", "distill.json", args=args, check=False)
+    assert proc.returncode == 2
+    expected = (
+        "  - teacher_outputs: 'cached' needs augment false (random augmentation makes every input new, so the cache "
+        "would never hit and only cost memory); set teacher_outputs to 'auto' or 'live', or augment to false"
+    )
+    assert expected in proc.stderr.splitlines()
+    assert "teacher outputs:" not in proc.stdout and not (tmp_path / "output" / "mlruns.db").exists()
+
+
 def test_evaluation_handlers_draw_and_tag_the_test_run():
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / f) for f in ("train_teacher.json", "distill.json", "evaluate.json")])

@@ -1,10 +1,11 @@
 import pytest
 import torch
+from ignite.engine import Events
 from monai.engines.utils import IterationEvents
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
-from mskd.engines import LOSS_TERMS, DistillationTrainer, loss_terms
+from mskd.engines import LOSS_TERMS, TEACHER_CACHE_HIT_RATE, DistillationTrainer, TeacherCache, loss_terms
 from mskd.losses import (
     DistillationLoss,
     FeatureFilteringDistillationLoss,
@@ -206,3 +207,93 @@ def test_teacher_autocast_must_be_a_half_precision_dtype(value):
 def test_float16_teacher_on_cpu_warns():
     with pytest.warns(UserWarning, match="use 'bfloat16'"):
         _trainer(_net((8, 16, 32)), _net((4, 8, 16)), teacher_autocast=torch.float16)
+
+
+def _distinct_loader():
+    """Two batches of two distinct images each (the same every epoch, as without random augmentation)."""
+    generator = torch.Generator().manual_seed(0)
+    return [
+        {"image": torch.rand(2, 1, 16, 16, generator=generator), "label": torch.randint(0, 3, (2, 1, 16, 16)).float()}
+        for _ in range(2)
+    ]
+
+
+def _record_run(trainer):
+    """Run ``trainer``; its loss terms per iteration, the batch sizes its teacher ran on, the epochs' hit rates."""
+    terms, teacher_batches, hit_rates = [], [], []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: terms.append(dict(e.state.output[LOSS_TERMS])))
+    trainer.add_event_handler(
+        Events.EPOCH_COMPLETED, lambda e: hit_rates.append(e.state.metrics.get(TEACHER_CACHE_HIT_RATE))
+    )
+    teacher = getattr(trainer.teacher, "_orig_mod", trainer.teacher)
+    handle = teacher.register_forward_hook(lambda _m, args, _out: teacher_batches.append(args[0].shape[0]))
+    trainer.run()
+    handle.remove()
+    return terms, teacher_batches, hit_rates
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"channels_last": True}, {"compile": True, "compile_kwargs": {"backend": "eager"}}]
+)
+def test_cached_teacher_gives_the_live_step_and_runs_only_on_new_inputs(options):
+    # epoch 1: every sample new (the teacher runs on each whole batch); epoch 2: every sample a hit (it never runs)
+    runs = {}
+    for cached in (False, True):
+        teacher, student = _net((8, 16, 32)), _net((4, 8, 16))
+        trainer = _trainer(teacher, student, loss=_mskd_loss(), teacher_cache=cached, **options)
+        trainer.data_loader, trainer.state.max_epochs, trainer.state.epoch_length = _distinct_loader(), 2, 2
+        runs[cached] = _record_run(trainer)
+    (live_terms, live_batches, live_rates), (terms, batches, rates) = runs[False], runs[True]
+    assert len(terms) == len(live_terms) == 4
+    for step, live in zip(terms, live_terms, strict=True):
+        torch.testing.assert_close(step, live, rtol=1e-5, atol=1e-7)
+    assert live_batches == [2, 2, 2, 2] and live_rates == [None, None]
+    assert batches == [2, 2] and rates == [0.0, 1.0]
+    assert trainer.teacher_cache.hits == trainer.teacher_cache.misses == 4
+
+
+def test_a_batch_of_seen_and_new_samples_runs_the_teacher_on_the_new_ones_only():
+    seen, new = _distinct_loader()
+    mixed = {key: torch.cat([seen[key][:1], new[key][:1]]) for key in ("image", "label")}
+    teacher, student = _net((8, 16, 32)), _net((4, 8, 16))
+    trainer = _trainer(teacher, student, teacher_cache=True)
+    trainer.data_loader, trainer.state.epoch_length = [seen, mixed], 2
+    _, batches, rates = _record_run(trainer)
+    assert batches == [2, 1] and rates == [0.25]
+    reference = _trainer(_net((8, 16, 32)), _net((4, 8, 16)))
+    logits, features = trainer.cached_teacher_forward(mixed["image"], mixed["image"])
+    expected_logits, expected_features = reference.teacher_forward(mixed["image"])
+    # a sub-batch forward rounds differently from the full batch's: equal up to the last float bits
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(features, expected_features, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "value, error, match",
+    [
+        ("yes", TypeError, "teacher_cache must be a bool, None or a mskd.engines.TeacherCache, got str"),
+        (4, TypeError, "got int"),
+    ],
+)
+def test_teacher_cache_argument_is_checked(value, error, match):
+    with pytest.raises(error, match=match):
+        _trainer(_net((8, 16, 32)), _net((4, 8, 16)), teacher_cache=value)
+
+
+def test_one_cache_serves_one_teacher():
+    cache = TeacherCache()
+    trainer = _trainer(_net((8, 16, 32)), _net((4, 8, 16)), teacher_cache=cache)
+    assert trainer.teacher_cache is cache
+    with pytest.raises(ValueError, match="another teacher"):
+        _trainer(_net((8, 16, 32)), _net((4, 8, 16)), teacher_cache=cache)
+    assert _trainer(_net((8, 16, 32)), _net((4, 8, 16)), teacher_cache=False).teacher_cache is None
+
+
+def test_cached_teacher_forward_refuses_what_does_not_key_the_cache():
+    images = torch.rand(2, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"extra inferer arguments \(1 positional, keywords \['mode'\]\)"):
+        _trainer(_net((8, 16, 32)), _net((4, 8, 16)), teacher_cache=True).cached_teacher_forward(
+            images, images, 1, mode="x"
+        )
+    with pytest.raises(ValueError, match="needs a teacher_cache"):
+        _trainer(_net((8, 16, 32)), _net((4, 8, 16))).cached_teacher_forward(images, images)

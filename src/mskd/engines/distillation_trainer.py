@@ -9,6 +9,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
+from ignite.engine import Events
 from monai.data import MetaTensor
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
@@ -17,6 +18,8 @@ from monai.utils import look_up_option
 from torch import nn
 
 from mskd.networks.taps import FeatureTaps, unwrap_network
+
+from .teacher_cache import TEACHER_CACHE_HIT_RATE, TeacherCache
 
 __all__ = ["DistillationTrainer", "LOSS_TERMS", "TEACHER_AUTOCAST_DTYPES"]
 
@@ -68,6 +71,17 @@ class DistillationTrainer(SupervisedTrainer):
     - ``compile`` / ``compile_kwargs`` (``SupervisedTrainer`` arguments): ``torch.compile`` the teacher as well as the
       student. Taps still work (the hooks are traced). The networks then get plain tensors, so ``pred`` is a plain
       tensor even for ``MetaTensor`` input.
+    - ``teacher_cache``: keep the teacher's logits and features of every training sample (a :class:`TeacherCache`,
+      keyed by the content of the sample's image) and run the teacher only on samples not seen before
+      (:meth:`cached_teacher_forward`). With deterministic inputs (no random augmentation) a step on slices drawn
+      before costs about a student step; with random augmentation every input is new and the teacher runs on every
+      sample, as without the cache. A hit needs a bit-identical image, so it never returns another sample's outputs;
+      a batch assembled from the cache equals the teacher's full-batch output up to the last float bits (a sub-batch
+      forward may round differently), so a resumed run, which starts with an empty cache, matches the uninterrupted
+      one to that precision only. ``engine.state.metrics["teacher_cache_hit_rate"]`` holds the epoch's hit rate
+      (the epoch loggers log it); the cache itself (``engine.teacher_cache``) counts hits and misses since the start.
+      Only the image keys the cache: a batch with extra inferer arguments is refused. With ``compile``, the first
+      sub-batches of new sizes recompile the teacher (then once for a dynamic batch size).
 
     Args:
         device: device to train on.
@@ -83,11 +97,15 @@ class DistillationTrainer(SupervisedTrainer):
         teacher_taps: tap name -> sub-module path of the teacher; must have the same tap names.
         teacher_autocast: ``None`` (the teacher follows ``amp``), ``"bfloat16"`` or ``"float16"`` (or the torch dtypes).
         channels_last: use the channels-last memory format for both networks and the inputs.
+        teacher_cache: ``None``/``False`` (the teacher runs on every batch), ``True`` (a ``TeacherCache()``: up to
+            4 GiB on the training device) or a :class:`TeacherCache` of this trainer's own (bound to ``teacher``).
         kwargs: every other ``SupervisedTrainer`` argument (``amp``, ``inferer``, ``train_handlers``, ``compile``, ...).
 
     Raises:
         ValueError: when tap names differ between the networks, a tap path does not exist, the loss needs a stage that
-            is not tapped, or ``teacher_autocast`` is not a supported dtype.
+            is not tapped, ``teacher_autocast`` is not a supported dtype, or ``teacher_cache`` already belongs to
+            another teacher.
+        TypeError: when ``teacher_cache`` is neither a bool, ``None`` nor a :class:`TeacherCache`.
     """
 
     def __init__(
@@ -103,8 +121,20 @@ class DistillationTrainer(SupervisedTrainer):
         teacher_taps: Mapping[str, str] | None = None,
         teacher_autocast: str | torch.dtype | None = None,
         channels_last: bool = False,
+        teacher_cache: bool | TeacherCache | None = None,
         **kwargs: Any,
     ) -> None:
+        if teacher_cache is True:
+            teacher_cache = TeacherCache()
+        elif teacher_cache is None or teacher_cache is False:
+            teacher_cache = None
+        elif not isinstance(teacher_cache, TeacherCache):
+            raise TypeError(
+                f"teacher_cache must be a bool, None or a mskd.engines.TeacherCache, got {type(teacher_cache).__name__}"
+            )
+        if teacher_cache is not None:
+            teacher_cache.bind(teacher)
+        self.teacher_cache = teacher_cache
         self.teacher_autocast = _autocast_dtype(teacher_autocast)
         if self.teacher_autocast == torch.float16 and torch.device(device).type == "cpu":
             warnings.warn("teacher_autocast='float16' on CPU is emulated and slow; use 'bfloat16'.", stacklevel=2)
@@ -138,6 +168,12 @@ class DistillationTrainer(SupervisedTrainer):
         teacher.requires_grad_(False).eval()
         self.teacher = torch.compile(teacher, **(kwargs.get("compile_kwargs") or {})) if self.compile else teacher
         self.loss_takes_iteration = _takes_iteration(loss_function)
+        self._epoch_lookups = (0, 0)  # the cache's (hits, misses) when the epoch started
+        if self.teacher_cache is not None:
+            self.add_event_handler(Events.EPOCH_STARTED, self._count_epoch_lookups)
+
+    def _count_epoch_lookups(self, _engine: DistillationTrainer | None = None) -> None:
+        self._epoch_lookups = (self.teacher_cache.hits, self.teacher_cache.misses)
 
     def _autocast(self, dtype: torch.dtype | None = None) -> AbstractContextManager:
         """Autocast of a forward pass: ``dtype`` when given, else the ``amp`` settings, else none."""
@@ -173,6 +209,39 @@ class DistillationTrainer(SupervisedTrainer):
             logits = self.inferer(inputs, self.teacher, *args, **kwargs)
         return logits, taps.features
 
+    def cached_teacher_forward(
+        self, images: torch.Tensor, inputs: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, dict]:
+        """:meth:`teacher_forward` through ``teacher_cache``: the teacher runs only on the samples not stored yet.
+
+        Also puts the epoch's hit rate (hits ÷ samples looked up since the epoch started) into
+        ``self.state.metrics["teacher_cache_hit_rate"]``.
+
+        Args:
+            images: the batch's images as the data loader gave them (on the CPU), which key the samples.
+            inputs: the network input batch (already on the device, see :meth:`_network_input`).
+            args: extra positional arguments of the inferer (refused: they do not key the cache).
+            kwargs: extra keyword arguments of the inferer (refused likewise).
+
+        Returns:
+            ``(teacher_logits, {tap name: features})`` of the whole batch, in batch order.
+
+        Raises:
+            ValueError: when the trainer has no ``teacher_cache``, or extra inferer arguments are given.
+        """
+        if self.teacher_cache is None:
+            raise ValueError("cached_teacher_forward needs a teacher_cache; use teacher_forward")
+        if args or kwargs:
+            raise ValueError(
+                "teacher_cache keys the teacher's outputs by the image alone, but this batch passes extra inferer "
+                f"arguments ({len(args)} positional, keywords {sorted(kwargs)}); use teacher_cache=None"
+            )
+        cache = self.teacher_cache
+        outputs = cache.outputs(images, inputs, lambda batch: self.teacher_forward(self._network_input(batch)))
+        hits, misses = cache.hits - self._epoch_lookups[0], cache.misses - self._epoch_lookups[1]
+        self.state.metrics[TEACHER_CACHE_HIT_RATE] = hits / (hits + misses) if hits + misses else 0.0
+        return outputs
+
     def _iteration(self, engine: DistillationTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
         """Run one distillation step; see the class docstring for what goes into ``engine.state.output``."""
         if batchdata is None:
@@ -182,7 +251,11 @@ class DistillationTrainer(SupervisedTrainer):
         args, kwargs = (batch[2], batch[3]) if len(batch) == 4 else ((), {})
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         inputs = engine._network_input(inputs)
-        teacher_logits, teacher_features = engine.teacher_forward(inputs, *args, **kwargs)
+        if engine.teacher_cache is None:
+            teacher_logits, teacher_features = engine.teacher_forward(inputs, *args, **kwargs)
+        else:
+            images = batchdata[Keys.IMAGE] if isinstance(batchdata, Mapping) else batchdata[0]
+            teacher_logits, teacher_features = engine.cached_teacher_forward(images, inputs, *args, **kwargs)
 
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
