@@ -150,6 +150,9 @@ def test_summary_mean_and_sample_std_and_gap_closed(tmp_path):
     assert "| enet | no_kd | 2 | 1,234 | 2.5 | 60.0 ± 14.1 | 6.0 ± 1.4 |  |" in text
     assert "| enet | kd | 2 | 1,234 | 2.5 | 70.0 ± 0.0 | 7.0 ± 0.0 | +50 % |" in text
     assert "sum of run times 6.0 min" in text  # six runs of a minute: the unchosen candidate ran too
+    assert "Partial" not in text
+    partial = format_results(cfg, rows, ["liver"], {}, wall_s=120, planned=9)
+    assert "**Partial: 6 of the 9 planned runs have finished**" in partial
 
 
 @pytest.mark.e2e

@@ -650,6 +650,7 @@ def format_results(
     organs: Sequence[str],
     costs: Mapping[str, Mapping[str, float]],
     wall_s: float,
+    planned: int | None = None,
 ) -> str:
     """The markdown report: overall table with the gap closed, per-organ Dice and HD95, the weight selection."""
     reference = next((m for m, spec in cfg["methods"].items() if not spec["distill"]), None)
@@ -661,6 +662,12 @@ def format_results(
     lines = [f"# Experiment `{cfg['name']}`", ""]
     if cfg.get("description"):
         lines += [str(cfg["description"]).strip(), ""]
+    if planned is not None and len(rows) < planned:
+        lines += [
+            f"**Partial: {len(rows)} of the {planned} planned runs have finished** (runs in the file's order of "
+            "methods); rerunning the command resumes the matrix.",
+            "",
+        ]
     lines += [
         f"Produced by `mskd experiment {os.path.relpath(cfg['path'])}`. Test split; mean ± sample std over seeds;",
         "every checkpoint is the best on the validation split. Gap closed = (method − "
@@ -752,17 +759,32 @@ def _bar_chart(path: Path, summary: Sequence[Mapping[str, Any]], title: str) -> 
     plt.close(fig)
 
 
-def _write_outputs(cfg: Mapping[str, Any], rows: list[dict[str, Any]], organs: Sequence[str], wall_s: float) -> Path:
+def _finished_rows(cfg: Mapping[str, Any], matrix: _Matrix, chosen: Mapping[tuple[str, str], int]) -> list[dict]:
+    """The result rows of the planned runs that have finished, each marked ``selected`` (not an unchosen candidate)."""
+    rows = []
+    for run in plan_runs(cfg, chosen):
+        if matrix.done(run):
+            row = json.loads(matrix.result_path(run).read_text())
+            row["selected"] = run.candidate is None or chosen.get((run.student, run.label)) == run.candidate
+            rows.append(row)
+    return rows
+
+
+def _write_outputs(
+    cfg: Mapping[str, Any], rows: list[dict[str, Any]], organs: Sequence[str], wall_s: float, planned: int
+) -> Path:
     out: Path = cfg["output"]
     out.mkdir(parents=True, exist_ok=True)
-    costs = _network_costs(cfg, len(organs) + 1)
+    if "_costs" not in cfg:  # measured once per invocation (a latency measurement takes seconds)
+        cfg["_costs"] = _network_costs(cfg, len(organs) + 1)
+    costs = cfg["_costs"]
     columns = list(dict.fromkeys(k for r in rows for k in r))
     with atomic_open(out / "results.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
     with atomic_open(out / "results.md", "w", encoding="utf-8") as f:
-        f.write(format_results(cfg, rows, organs, costs, wall_s))
+        f.write(format_results(cfg, rows, organs, costs, wall_s, planned))
     _bar_chart(out / "dice.png", summarise_results(rows, organs), f"{cfg['name']}: test Dice")
     return out
 
@@ -828,13 +850,11 @@ def run_experiment(config: str | os.PathLike, workdir: str | os.PathLike | None 
                     range(len(scores)), key=lambda i: -math.inf if math.isnan(scores[i]) else scores[i]
                 )
             matrix.run_all([r for r in chosen_runs(cfg, chosen) if r.label == method], progress)
+            # the tables so far, so that the results of a long matrix can be read (and committed) as they land
+            _write_outputs(cfg, _finished_rows(cfg, matrix, chosen), organs, time.perf_counter() - started, total)
 
-    rows = []
-    for run in plan_runs(cfg, chosen):
-        row = json.loads(matrix.result_path(run).read_text())
-        row["selected"] = run.candidate is None or chosen.get((run.student, run.label)) == run.candidate
-        rows.append(row)
-    out = _write_outputs(cfg, rows, organs, time.perf_counter() - started)
+    rows = _finished_rows(cfg, matrix, chosen)
+    out = _write_outputs(cfg, rows, organs, time.perf_counter() - started, total)
     for name in ("results.csv", "results.md", "dice.png"):
         matrix.client.log_artifact(matrix.parent, str(out / name))
     for s in summarise_results(rows, organs):

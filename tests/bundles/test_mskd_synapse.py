@@ -51,9 +51,11 @@ def test_teacher_and_distillation_runs_are_tracked(trained):
     student = runs["tiny_unet_from_unet-mskd-s0"]
     params = student.data.params
     assert params["method"] == "mskd" and params["teacher"] == "unet"
-    assert json.loads(params["loss_weights"].replace("'", '"')) == {"kd": 0.1, "ffd": 0.9, "rgd": 0.9}
-    assert {"loss_seg", "loss_kd", "loss_ffd", "loss_rgd", "val_mean_dice"} <= set(student.data.metrics)
-    history = client.get_metric_history(student.info.run_id, "loss_ffd")
+    # the default method: class-balanced KD + CWD on the logits (FFD and RGD off)
+    assert json.loads(params["loss_weights"].replace("'", '"')) == {"kd": 0.5, "cwd": 1.0}
+    assert {"loss_seg", "loss_kd", "loss_cwd", "val_mean_dice"} <= set(student.data.metrics)
+    assert not {"loss_ffd", "loss_rgd"} & set(student.data.metrics)
+    history = client.get_metric_history(student.info.run_id, "loss_cwd")
     assert len(history) >= 1 and all(np.isfinite(m.value) for m in history)
 
     artifacts = {a.path for a in client.list_artifacts(student.info.run_id)}
@@ -268,7 +270,8 @@ def test_teacher_and_student_are_chosen_by_name(workspace, tmp_path, teacher, st
     _, common = workspace
     args = [*common, *output_dirs(tmp_path), "--teacher", teacher, "--student", student]
     run_bundle(BUNDLE, "train_teacher.json", args=args)
-    run_bundle(BUNDLE, "train_teacher.json", "distill.json", args=args)
+    # MSKD's feature terms on, so that both networks' taps are exercised through the bundle
+    run_bundle(BUNDLE, "train_teacher.json", "distill.json", args=[*args, "--ffd_weight", "0.9", "--rgd_weight", "0.9"])
     _, runs = mlflow_runs(tmp_path, "mskd_synapse")
     distilled = runs[f"{student}_from_{teacher}-mskd-s0"]
     assert distilled.info.status == "FINISHED"

@@ -142,7 +142,7 @@ def test_resumed_run_is_one_finished_mlflow_run_with_the_uninterrupted_history(r
     assert before == [(runs_b[0].info.run_id, "RUNNING")]  # the run the killed process logged to, reopened
     assert runs_b[0].info.status == run_a.info.status == "FINISHED"
     expected = {"loss": range(1, EPOCHS * PER_EPOCH + 1), "val_mean_dice": range(1, EPOCHS + 1)}
-    for key in ("loss", "loss_kd", "loss_ffd", "lr_group_0", "val_mean_dice", "val_dice_liver"):
+    for key in ("loss", "loss_kd", "loss_cwd", "lr_group_0", "val_mean_dice", "val_dice_liver"):
         history_a = [(m.step, m.value) for m in client_a.get_metric_history(run_a.info.run_id, key)]
         history_b = [(m.step, m.value) for m in client_b.get_metric_history(runs_b[0].info.run_id, key)]
         steps = sorted(step for step, _ in history_b)
