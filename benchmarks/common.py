@@ -175,6 +175,62 @@ def term_spec(cls: type, weight: float = 1.0, **kwargs: Any) -> dict:
     return spec if cls.__name__ in LOGIT_TERMS else {**spec, "stages": list(STAGES)}
 
 
+NUM_CLASSES = 9  # the Synapse label set
+
+
+def seg_loss() -> Any:
+    """The bundles' segmentation loss (0.5 CE + 0.5 Dice)."""
+    from monai.losses import DiceCELoss
+
+    return DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=0.5, lambda_ce=0.5)
+
+
+def synthetic_batch(batch: int, size: int) -> dict[str, torch.Tensor]:
+    """Random images and labels in 8×8 blocks of random classes (every class present, as in abdominal CT slices)."""
+    generator = torch.Generator().manual_seed(0)
+    blocks = torch.randint(0, NUM_CLASSES, (batch, 1, 8, 8), generator=generator).float()
+    label = torch.nn.functional.interpolate(blocks, size=(size, size), mode="nearest")
+    return {"image": torch.rand(batch, 1, size, size, generator=generator), "label": label}
+
+
+def student_network(name: str, channels_last: bool = False) -> torch.nn.Module:
+    """The student, with the same initial weights in every trainer (channels-last if asked)."""
+    from mskd.networks import get_network
+
+    torch.manual_seed(1)
+    network = get_network(name, 1, NUM_CLASSES)
+    return network.to(memory_format=torch.channels_last) if channels_last else network
+
+
+def distillation_trainer(teacher: torch.nn.Module, student: str, batch: dict, terms: dict, **options: Any) -> Any:
+    """A ``DistillationTrainer`` as ``distill.json`` builds it (Adam, taps :data:`STAGES`) with ``terms``.
+
+    ``options`` are further trainer arguments (``channels_last``, ``teacher_autocast``, ``teacher_cache``, ...).
+    """
+    import copy
+
+    from mskd.engines import DistillationTrainer
+    from mskd.losses import DistillationLoss
+    from mskd.networks import default_taps
+
+    network = student_network(student)
+    if options.get("channels_last"):  # the option converts the teacher in place: give it its own copy
+        teacher = copy.deepcopy(teacher)
+    return DistillationTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=[batch],
+        network=network,
+        optimizer=torch.optim.Adam(network.parameters(), lr=1e-3),
+        loss_function=DistillationLoss(seg_loss(), terms),
+        teacher=teacher,
+        student_taps=default_taps(network, STAGES),
+        teacher_taps=default_taps(teacher, STAGES),
+        decollate=False,
+        **options,
+    )
+
+
 def provenance(script: str, meta: dict) -> str:
     """The sentence under every table: what ran where, with which repeats, on how busy a machine."""
     return (

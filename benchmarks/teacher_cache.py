@@ -28,26 +28,21 @@ of the process and wall-clock time.
 from __future__ import annotations
 
 import argparse
-import copy
 from typing import Any
 
 import common  # benchmarks/common.py (the scripts run from this folder)
 import torch
 from monai.engines import SupervisedTrainer
-from monai.losses import DiceCELoss
 
-from mskd.engines import DistillationTrainer
 from mskd.losses import (
     ChannelWiseDistillationLoss,
-    DistillationLoss,
     FeatureFilteringDistillationLoss,
     LogitDistillationLoss,
     RegionGraphDistillationLoss,
 )
-from mskd.networks import count_parameters, default_taps, get_network
+from mskd.networks import count_parameters, get_network
 
 PAIRS = ["unet:mobilenetv2_unet@96", "unet:enet@96"]
-NUM_CLASSES = 9
 TARGET = 1.15  # cached step ÷ student step
 BEGIN, END = "<!-- teacher-cache:begin -->", "<!-- teacher-cache:end -->"
 
@@ -56,58 +51,17 @@ def loss_configs() -> dict[str, dict[str, dict]]:
     """Loss configuration -> ``DistillationLoss`` terms: the default logit pair and MSKD."""
     stages = list(common.STAGES)
 
-    def kd() -> dict:
-        return {"loss": LogitDistillationLoss(temperature=4.0, class_balanced=True), "weight": 0.1}
+    def kd(weight: float, class_balanced: bool) -> dict:
+        return {"loss": LogitDistillationLoss(temperature=4.0, class_balanced=class_balanced), "weight": weight}
 
-    return {
-        "KD+CWD": {"kd": kd(), "cwd": {"loss": ChannelWiseDistillationLoss(temperature=4.0), "weight": 1.0}},
+    return {  # the bundles' default, and MSKD as reconstructed (pixel-wise KD + FFD + RGD)
+        "KD+CWD": {"kd": kd(0.5, True), "cwd": {"loss": ChannelWiseDistillationLoss(temperature=4.0), "weight": 1.0}},
         "MSKD": {
-            "kd": kd(),
+            "kd": kd(0.1, False),
             "ffd": {"loss": FeatureFilteringDistillationLoss(band_radius=4), "weight": 0.9, "stages": stages},
             "rgd": {"loss": RegionGraphDistillationLoss(order=2), "weight": 0.9, "stages": stages},
         },
     }
-
-
-def seg_loss() -> DiceCELoss:
-    """The bundles' segmentation loss."""
-    return DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=0.5, lambda_ce=0.5)
-
-
-def synthetic_batch(batch: int, size: int) -> dict[str, torch.Tensor]:
-    """Random images and labels in 8×8 blocks of random classes (every class present, as in abdominal CT slices)."""
-    generator = torch.Generator().manual_seed(0)
-    blocks = torch.randint(0, NUM_CLASSES, (batch, 1, 8, 8), generator=generator).float()
-    label = torch.nn.functional.interpolate(blocks, size=(size, size), mode="nearest")
-    return {"image": torch.rand(batch, 1, size, size, generator=generator), "label": label}
-
-
-def student_network(name: str, channels_last: bool) -> torch.nn.Module:
-    """The student, with the same initial weights in every trainer."""
-    torch.manual_seed(1)
-    network = get_network(name, 1, NUM_CLASSES)
-    return network.to(memory_format=torch.channels_last) if channels_last else network
-
-
-def distillation_trainer(
-    teacher: torch.nn.Module, student: str, batch: dict, terms: dict, channels_last: bool, cached: bool
-) -> DistillationTrainer:
-    """A ``DistillationTrainer`` as ``distill.json`` builds it (Adam, taps ``low``/``high``) with ``terms``."""
-    network = student_network(student, channels_last)
-    return DistillationTrainer(
-        device=torch.device("cpu"),
-        max_epochs=1,
-        train_data_loader=[batch],
-        network=network,
-        optimizer=torch.optim.Adam(network.parameters(), lr=1e-3),
-        loss_function=DistillationLoss(seg_loss(), terms),
-        teacher=copy.deepcopy(teacher),  # its own copy: channels_last converts a teacher in place
-        student_taps=default_taps(network, common.STAGES),
-        teacher_taps=default_taps(teacher, common.STAGES),
-        channels_last=channels_last,
-        teacher_cache=cached,
-        decollate=False,
-    )
 
 
 def measure(
@@ -117,18 +71,22 @@ def measure(
     names, size = pair.split("@")
     teacher_name, student_name = names.split(":")
     size = int(size)
-    batch = synthetic_batch(batch_size, size)
+    batch = common.synthetic_batch(batch_size, size)
     torch.manual_seed(0)
-    teacher = get_network(teacher_name, 1, NUM_CLASSES)
+    teacher = get_network(teacher_name, 1, common.NUM_CLASSES)
     cached = {
-        name: distillation_trainer(teacher, student_name, batch, t, channels_last, True) for name, t in configs.items()
+        name: common.distillation_trainer(
+            teacher, student_name, batch, t, channels_last=channels_last, teacher_cache=True
+        )
+        for name, t in configs.items()
     }
     live = {
-        name: distillation_trainer(teacher, student_name, batch, t, channels_last, False) for name, t in configs.items()
+        name: common.distillation_trainer(teacher, student_name, batch, t, channels_last=channels_last)
+        for name, t in configs.items()
     }
     for trainer in cached.values():  # store the batch's teacher outputs: every timed lookup hits
         trainer.cached_teacher_forward(batch["image"], trainer._network_input(batch["image"]))
-    student = student_network(student_name, channels_last)
+    student = common.student_network(student_name, channels_last)
     student_batch = dict(batch)
     if channels_last:
         student_batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
@@ -138,7 +96,7 @@ def measure(
         train_data_loader=[student_batch],
         network=student,
         optimizer=torch.optim.Adam(student.parameters(), lr=1e-3),
-        loss_function=seg_loss(),
+        loss_function=common.seg_loss(),
         decollate=False,
     )
     reference = next(iter(live.values()))

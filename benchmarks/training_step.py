@@ -27,17 +27,15 @@ CPU time of the process (what the step costs) and wall-clock time.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import common  # benchmarks/common.py (the scripts run from this folder)
 import torch
 from monai.engines import SupervisedTrainer
-from monai.losses import DiceCELoss
 
 from mskd.engines import DistillationTrainer
 from mskd.losses import DistillationLoss
-from mskd.networks import count_parameters, default_taps, get_network
+from mskd.networks import count_parameters, get_network
 
 PAIRS = ["unet:tiny_unet@128", "transunet:enet@128", "transunet:tiny_unet@224"]
 OPTIONS = {  # trainer keyword arguments of each option
@@ -45,7 +43,6 @@ OPTIONS = {  # trainer keyword arguments of each option
     "teacher_bf16": {"teacher_autocast": "bfloat16"},
     "compile": {"compile": True},
 }
-NUM_CLASSES = 9
 BEGIN, END = "<!-- training-step:begin -->", "<!-- training-step:end -->"
 
 
@@ -61,50 +58,9 @@ def loss_configs() -> dict[str, dict[str, dict]]:
     return {**{name: {name: spec} for name, spec in mskd.items()}, "MSKD": mskd, **baselines}
 
 
-def seg_loss() -> DiceCELoss:
-    """The bundles' segmentation loss."""
-    return DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=0.5, lambda_ce=0.5)
-
-
 def no_seg_loss(logits: torch.Tensor, _target: torch.Tensor) -> torch.Tensor:
     """A segmentation loss of zero: times the distillation terms alone."""
     return logits.new_zeros(())
-
-
-def synthetic_batch(batch: int, size: int) -> dict[str, torch.Tensor]:
-    """Random images and labels in 8×8 blocks of random classes (every class present, as in abdominal CT slices)."""
-    generator = torch.Generator().manual_seed(0)
-    blocks = torch.randint(0, NUM_CLASSES, (batch, 1, 8, 8), generator=generator).float()
-    label = torch.nn.functional.interpolate(blocks, size=(size, size), mode="nearest")
-    return {"image": torch.rand(batch, 1, size, size, generator=generator), "label": label}
-
-
-def student_network(name: str) -> torch.nn.Module:
-    """The student, with the same initial weights in every trainer."""
-    torch.manual_seed(1)
-    return get_network(name, 1, NUM_CLASSES)
-
-
-def distillation_trainer(
-    teacher: torch.nn.Module, student: str, batch: dict, terms: dict, **options: Any
-) -> DistillationTrainer:
-    """A ``DistillationTrainer`` as ``distill.json`` builds it (Adam, taps ``low``/``high``) with ``terms``."""
-    network = student_network(student)
-    if options.get("channels_last"):  # the option converts the teacher in place: give it its own copy
-        teacher = copy.deepcopy(teacher)
-    return DistillationTrainer(
-        device=torch.device("cpu"),
-        max_epochs=1,
-        train_data_loader=[batch],
-        network=network,
-        optimizer=torch.optim.Adam(network.parameters(), lr=1e-3),
-        loss_function=DistillationLoss(seg_loss(), terms),
-        teacher=teacher,
-        student_taps=default_taps(network, common.STAGES),
-        teacher_taps=default_taps(teacher, common.STAGES),
-        decollate=False,
-        **options,
-    )
 
 
 def loss_alone(trainer: DistillationTrainer, batch: dict, terms: dict) -> Any:
@@ -129,20 +85,22 @@ def measure(pair: str, batch_size: int, configs: dict, options: list[str], warmu
     names, size = pair.split("@")
     teacher_name, student_name = names.split(":")
     size = int(size)
-    batch = synthetic_batch(batch_size, size)
+    batch = common.synthetic_batch(batch_size, size)
     inputs = batch["image"]
     torch.manual_seed(0)
-    teacher = get_network(teacher_name, 1, NUM_CLASSES)
-    trainers = {name: distillation_trainer(teacher, student_name, batch, terms) for name, terms in configs.items()}
+    teacher = get_network(teacher_name, 1, common.NUM_CLASSES)
+    trainers = {
+        name: common.distillation_trainer(teacher, student_name, batch, terms) for name, terms in configs.items()
+    }
     default = trainers["MSKD"] if "MSKD" in trainers else next(iter(trainers.values()))
-    student = student_network(student_name)
+    student = common.student_network(student_name)
     supervised = SupervisedTrainer(
         device=torch.device("cpu"),
         max_epochs=1,
         train_data_loader=[batch],
         network=student,
         optimizer=torch.optim.Adam(student.parameters(), lr=1e-3),
-        loss_function=seg_loss(),
+        loss_function=common.seg_loss(),
         decollate=False,
     )
 
@@ -159,7 +117,7 @@ def measure(pair: str, batch_size: int, configs: dict, options: list[str], warmu
         variants[f"KD step {name}"] = lambda t=trainer: t._iteration(t, batch)
         variants[f"loss {name}"] = loss_alone(trainer, batch, configs[name])
     for option in options:
-        trainer = distillation_trainer(teacher, student_name, batch, configs["MSKD"], **OPTIONS[option])
+        trainer = common.distillation_trainer(teacher, student_name, batch, configs["MSKD"], **OPTIONS[option])
         variants[f"MSKD step {option}"] = lambda t=trainer: t._iteration(t, batch)
         variants[f"loss MSKD {option}"] = loss_alone(trainer, batch, configs["MSKD"])
     seconds = common.timed_rounds(variants, warmup, repeats)
