@@ -771,13 +771,15 @@ def _finished_rows(cfg: Mapping[str, Any], matrix: _Matrix, chosen: Mapping[tupl
 
 
 def _write_outputs(
-    cfg: Mapping[str, Any], rows: list[dict[str, Any]], organs: Sequence[str], wall_s: float, planned: int
+    cfg: Mapping[str, Any],
+    rows: list[dict[str, Any]],
+    organs: Sequence[str],
+    costs: Mapping[str, Mapping[str, float]],
+    wall_s: float,
+    planned: int,
 ) -> Path:
     out: Path = cfg["output"]
     out.mkdir(parents=True, exist_ok=True)
-    if "_costs" not in cfg:  # measured once per invocation (a latency measurement takes seconds)
-        cfg["_costs"] = _network_costs(cfg, len(organs) + 1)
-    costs = cfg["_costs"]
     columns = list(dict.fromkeys(k for r in rows for k in r))
     with atomic_open(out / "results.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -833,6 +835,7 @@ def run_experiment(config: str | os.PathLike, workdir: str | os.PathLike | None 
     organs = organ_names(matrix.dataset[2])
     first = plan_runs(cfg)
     total = len(plan_runs(cfg, {key: 0 for key in with_candidates}))
+    costs = _network_costs(cfg, len(organs) + 1)  # once, before the runs load the cores
     with tqdm(total=total, desc=f"experiment {cfg['name']}", unit="run", disable=None) as progress:
         matrix.run_all(first[:1], progress)  # the teacher, before anyone distils from it
         chosen: dict[tuple[str, str], int] = {}
@@ -850,11 +853,11 @@ def run_experiment(config: str | os.PathLike, workdir: str | os.PathLike | None 
                     range(len(scores)), key=lambda i: -math.inf if math.isnan(scores[i]) else scores[i]
                 )
             matrix.run_all([r for r in chosen_runs(cfg, chosen) if r.label == method], progress)
-            # the tables so far, so that the results of a long matrix can be read (and committed) as they land
-            _write_outputs(cfg, _finished_rows(cfg, matrix, chosen), organs, time.perf_counter() - started, total)
+            # the tables so far (after the last method: the final ones), so that the results of a long matrix can be
+            # read and committed as they land
+            rows = _finished_rows(cfg, matrix, chosen)
+            out = _write_outputs(cfg, rows, organs, costs, time.perf_counter() - started, total)
 
-    rows = _finished_rows(cfg, matrix, chosen)
-    out = _write_outputs(cfg, rows, organs, time.perf_counter() - started, total)
     for name in ("results.csv", "results.md", "dice.png"):
         matrix.client.log_artifact(matrix.parent, str(out / name))
     for s in summarise_results(rows, organs):
