@@ -11,7 +11,7 @@ from monai.bundle import ConfigParser
 
 from mskd import export
 from mskd.export import bundle_export, check_onnx_parity, check_torchscript_parity, export_checkpoint, export_onnx
-from mskd.networks import get_network, list_networks
+from mskd.networks import UndescribedCheckpointWarning, checkpoint_metadata, get_network, list_networks, save_weights
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -28,7 +28,7 @@ def _dims(value) -> list:
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    """A tiny_unet state dict saved as the bundles save it, with its network."""
+    """A plain tiny_unet state dict (as MONAI's CheckpointSaver saves one), with its network."""
     torch.manual_seed(0)
     network = get_network("tiny_unet").eval()
     path = tmp_path / "model.pt"
@@ -113,6 +113,61 @@ def test_bundle_export_reads_the_inference_network(tmp_path):
         bundle_export(copy)
     with pytest.raises(ValueError, match="no_such_net"):
         bundle_export(BUNDLE, tmp_path / "enet.pt", tmp_path / "x.onnx", student="no_such_net")
+
+
+# --- self-describing checkpoints ---
+
+
+@pytest.fixture
+def described(tmp_path):
+    """A tiny_unet of 3 classes with its own channels, saved by the bundles' saver (network and size with it)."""
+    torch.manual_seed(0)
+    kwargs = {"channels": [4, 8, 16, 32]}
+    network = get_network("tiny_unet", 1, 3, **kwargs).eval()
+    metadata = checkpoint_metadata("tiny_unet", 3, 32, network_kwargs=kwargs, run_name="tiny_unet-baseline-s0")
+    return save_weights(network, tmp_path / "described.pt", metadata), network
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_a_self_describing_checkpoint_gives_the_network_and_size(described, tmp_path):
+    path, network = described
+    report = export_checkpoint(None, path, tmp_path / "m.ts", "torchscript")
+    assert report["network"] == "tiny_unet" and report["image_size"] == 32 and report["max_abs_diff"] <= 1e-5
+    assert torch.jit.load(str(tmp_path / "m.ts"))(torch.rand(1, 1, 32, 32)).shape == (1, 3, 32, 32)
+    bundle_export(BUNDLE, path, tmp_path / "student.onnx")  # not the bundle's 9 classes, 224 or channels: the file's
+    assert _dims(onnx.load(str(tmp_path / "student.onnx")).graph.output[0]) == ["batch", 3, 32, 32]
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        (
+            {"image_size": 224},
+            "image_size: student checkpoint {path} was trained on 32x32 slices, this run uses 224x224; "
+            "pass --image-size 32 or omit it to use the checkpoint's",
+        ),
+        (
+            {"student": "enet"},
+            "student: student checkpoint {path} was trained as tiny_unet, this run builds enet; "
+            "pass --student tiny_unet or omit it to use the checkpoint's",
+        ),
+    ],
+)
+def test_a_setting_the_checkpoint_was_not_trained_with_is_refused(described, tmp_path, given, expected):
+    path, _ = described
+    with pytest.raises(ValueError) as info:
+        bundle_export(BUNDLE, path, tmp_path / "student.onnx", **given)
+    assert str(info.value) == expected.format(path=path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["described.pt"]
+
+
+def test_a_plain_state_dict_needs_its_network_and_warns(checkpoint, tmp_path):
+    with pytest.raises(
+        ValueError, match=r"model\.pt does not describe itself \(a plain state dict\): name its network"
+    ):
+        export_checkpoint(None, checkpoint[0], tmp_path / "m.onnx")
+    with pytest.warns(UndescribedCheckpointWarning, match="this run's image_size cannot be checked"):
+        export_checkpoint("tiny_unet", checkpoint[0], tmp_path / "m.onnx", image_size=32)
 
 
 # --- errors ---

@@ -1,6 +1,9 @@
+import errno
 import math
 import os
 import pickle
+import shutil
+import time
 
 import pytest
 import torch
@@ -12,8 +15,12 @@ from mskd.io import (
     atomic_path,
     load_checkpoint,
     nonfinite_entry,
+    remove_stale_temporaries,
     save_checkpoint,
 )
+
+FULL = "/dev/full"  # every write to it fails with ENOSPC, as on a full disk
+needs_dev_full = pytest.mark.skipif(not os.path.exists(FULL), reason="no /dev/full")
 
 
 class Unpicklable:
@@ -144,3 +151,70 @@ def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(path)["w"], torch.ones(2))
     assert os.listdir(tmp_path) == ["model.pt"]
+
+
+def _write_to_full_device(path):
+    with open(FULL, "wb") as f:
+        f.write(b"x" * 4096)
+
+
+@needs_dev_full
+@pytest.mark.parametrize("writer", ["open", "torch.save"])
+def test_a_full_disk_says_so_and_keeps_the_previous_file(tmp_path, monkeypatch, writer):
+    # both writers hit a real ENOSPC: Python's as OSError, torch's as "RuntimeError: [enforce fail at
+    # inline_container.cc:672] . unexpected pos 704 vs 598"
+    path = tmp_path / "model.pt"
+    save_checkpoint({"w": torch.ones(2)}, path)
+    real_save = torch.save
+    if writer == "open":
+        monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: _write_to_full_device(f))
+    else:
+        monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: real_save(obj, FULL))
+    with pytest.raises(OSError) as raised:
+        save_checkpoint({"w": torch.zeros(100_000)}, path)
+    monkeypatch.undo()
+    error = raised.value
+    free_mb = shutil.disk_usage(tmp_path).free / 1e6
+    assert error.errno == errno.ENOSPC
+    assert error.strerror.startswith(f"no space left on device writing {path}: ")
+    assert error.strerror.endswith(f" MB free in {tmp_path}")
+    assert abs(float(error.strerror.split(": ")[1].split()[0]) - free_mb) < 100
+    assert type(error.__cause__) is (OSError if writer == "open" else RuntimeError)
+    assert torch.equal(load_checkpoint(path)["w"], torch.ones(2))
+    assert os.listdir(tmp_path) == ["model.pt"]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [OSError(errno.EACCES, "Permission denied"), RuntimeError("something else"), KeyboardInterrupt()],
+    ids=["eacces", "runtime", "interrupt"],
+)
+def test_other_write_errors_pass_unchanged(tmp_path, error):
+    with pytest.raises(type(error)) as raised:
+        with atomic_path(tmp_path / "x.csv") as tmp:
+            tmp.write_bytes(b"half")
+            raise error
+    assert raised.value is error and os.listdir(tmp_path) == []
+
+
+def test_atomic_path_exclusive_keeps_a_file_created_meanwhile(tmp_path):
+    target = tmp_path / "mlruns.db"
+    with atomic_path(target, exclusive=True) as tmp:
+        tmp.write_bytes(b"mine")
+    assert target.read_bytes() == b"mine"
+    with atomic_path(target, exclusive=True) as tmp:
+        tmp.write_bytes(b"late")
+    assert target.read_bytes() == b"mine" and os.listdir(tmp_path) == ["mlruns.db"]
+
+
+def test_stale_temporaries_of_a_file_are_removed(tmp_path):
+    old = time.time() - 3600
+    stale = [tmp_path / f"{TMP_PREFIX}1-ab-mlruns.db", tmp_path / f"{TMP_PREFIX}1-ab-mlruns.db-journal"]
+    live = tmp_path / f"{TMP_PREFIX}2-cd-mlruns.db"
+    other = tmp_path / f"{TMP_PREFIX}3-ef-model.pt"
+    for path in [*stale, live, other]:
+        path.write_bytes(b"x")
+    for path in [*stale, other]:
+        os.utime(path, (old, old))
+    assert sorted(remove_stale_temporaries(tmp_path / "mlruns.db")) == sorted(stale)
+    assert sorted(os.listdir(tmp_path)) == sorted([live.name, other.name])

@@ -1,22 +1,39 @@
 import json
 import os
 import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 import torch
+from ignite.engine import Engine, Events
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from monai.bundle import ConfigParser
+from monai.utils import path_to_sqlite_uri
 
+import mskd.tracking
+from mskd.io import TMP_PREFIX
 from mskd.tracking import (
+    LOG_ATTEMPTS,
     TrackingError,
     check_tracking_uri,
     close_stale_runs,
+    log_or_skip,
     open_run,
     run_name,
     run_params,
+    run_tracked,
     save_executed_config,
     tracking_uri,
 )
+
+FIX = "fix --tracking_uri (or MLFLOW_TRACKING_URI), or run without MLflow: --mlflow false"
 
 
 def test_default_store_is_sqlite_in_output_dir(tmp_path, monkeypatch):
@@ -155,3 +172,226 @@ def test_executed_config_is_written_atomically(tmp_path, monkeypatch):
     assert json.loads(path.read_text())["value"] == 1 and os.listdir(tmp_path) == ["run.config.json"]
     with pytest.raises(RuntimeError, match="must be called from a MONAI bundle config expression"):
         save_executed_config(path)
+
+
+# --- a failed training ends its run -----------------------------------------------------------------------------
+
+
+class Injected(Exception):
+    """The error a test makes an iteration raise."""
+
+
+class _Trainer(Engine):
+    """An ignite engine that runs its own three batches, as MONAI's trainers do: ``run()`` without arguments."""
+
+    def __init__(self, fail_at: int | None = None, error: BaseException | None = None, swallow: bool = False):
+        super().__init__(self._step)
+        self.fail_at, self.error = fail_at, error
+        if swallow:  # a handler that does not re-raise, as a progress bar's close
+            self.add_event_handler(Events.EXCEPTION_RAISED, lambda engine, e: None)
+
+    def _step(self, engine, batch):
+        if engine.state.iteration == self.fail_at:
+            raise self.error
+
+    def run(self):
+        return super().run([0, 1, 2], max_epochs=1)
+
+
+def _new_run(uri):
+    client = MlflowClient(tracking_uri=uri)
+    return client, client.create_run(client.create_experiment("e"), run_name="r").info.run_id
+
+
+@pytest.mark.parametrize("swallow", [False, True], ids=["reraised", "swallowed_by_a_handler"])
+@pytest.mark.parametrize("error, status", [(Injected, "FAILED"), (KeyboardInterrupt, "KILLED")])
+def test_a_failed_engine_ends_its_run_and_raises_the_same_exception(mlflow_uri, error, status, swallow):
+    client, run_id = _new_run(mlflow_uri)
+    raised = error("in iteration 2")
+    with pytest.raises(error) as info:
+        run_tracked(_Trainer(fail_at=2, error=raised, swallow=swallow), mlflow_uri, run_id)
+    assert info.value is raised
+    assert client.get_run(run_id).info.status == status
+
+
+def test_a_finished_engine_leaves_its_run_to_the_mlflow_handler(mlflow_uri):
+    client, run_id = _new_run(mlflow_uri)
+    assert run_tracked(_Trainer(), mlflow_uri, run_id).iteration == 3
+    assert client.get_run(run_id).info.status == "RUNNING"  # MLFlowHandler(close_on_complete) ends it FINISHED
+
+
+def test_with_tracking_off_the_engine_just_runs():
+    with pytest.raises(Injected):  # and no store is contacted
+        run_tracked(_Trainer(fail_at=1, error=Injected()), "http://127.0.0.1:9", None)
+
+
+def test_a_store_that_cannot_mark_the_run_does_not_hide_the_failure():
+    with pytest.warns(UserWarning, match=r"could not mark MLflow run abc FAILED in 'http://127\.0\.0\.1:9' \("):
+        with pytest.raises(Injected):
+            run_tracked(_Trainer(fail_at=1, error=Injected()), "http://127.0.0.1:9", "abc")
+
+
+_OPEN_THEN_DIE = """
+import sys
+from mskd.tracking import open_run
+open_run(sys.argv[1], "e", "r")
+raise {error}
+"""
+
+
+@pytest.mark.parametrize(
+    "error, status", [("ValueError('building the trainer failed')", "FAILED"), ("KeyboardInterrupt", "KILLED")]
+)
+def test_a_run_whose_process_dies_before_training_is_ended_at_exit(mlflow_uri, error, status):
+    script = _OPEN_THEN_DIE.format(error=error)
+    proc = subprocess.run([sys.executable, "-c", script, mlflow_uri], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and error.split("(")[0] in proc.stderr
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("e").experiment_id])
+    assert run.info.status == status
+
+
+# --- the store: created whole or not at all, refused at once when it cannot be written -------------------------
+
+
+def test_a_store_whose_creation_fails_midway_leaves_none(tmp_path, monkeypatch, capsys):
+    import mlflow.store.db.utils
+
+    def migration_fails(engine):
+        raise RuntimeError("killed mid-migration")
+
+    uri = path_to_sqlite_uri(str(tmp_path / "out" / "mlruns.db"))
+    monkeypatch.setattr(mlflow.store.db.utils, "_upgrade_db", migration_fails)
+    with pytest.raises(SystemExit):
+        open_run(uri, "e", "r")
+    assert "(killed mid-migration)" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "out") == []  # neither a store nor its temporary
+    monkeypatch.undo()
+    run_id = open_run(uri, "e", "r")
+    assert MlflowClient(tracking_uri=uri).get_run(run_id).info.status == "RUNNING"
+
+
+def test_a_store_creation_killed_midway_leaves_no_store(tmp_path):
+    folder = tmp_path / "out"
+    uri = path_to_sqlite_uri(str(folder / "mlruns.db"))
+    script = "import sys; from mskd.tracking import check_tracking_uri; check_tracking_uri(sys.argv[1])"
+    proc = subprocess.Popen([sys.executable, "-c", script, uri], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not any(p.stat().st_size for p in folder.glob(f"{TMP_PREFIX}*-mlruns.db")):  # the migration has begun
+        assert proc.poll() is None and time.monotonic() < deadline, "the store creation never started"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (folder / "mlruns.db").exists()
+    old = time.time() - 3600
+    for left in folder.glob(f"{TMP_PREFIX}*"):
+        os.utime(left, (old, old))  # as if the kill was long ago: the next creation removes what it left
+    run_id = open_run(uri, "e", "r")
+    assert MlflowClient(tracking_uri=uri).get_run(run_id).info.status == "RUNNING"
+    assert os.listdir(folder) == ["mlruns.db"]
+
+
+_OPEN_TIMED = """
+import sys, time
+from mskd.tracking import open_run
+started = time.monotonic()
+try:
+    open_run(sys.argv[1], "e", "r")
+except SystemExit as e:
+    print(f"exit {e.code} after {time.monotonic() - started:.1f} s")
+"""
+
+
+def _as_unprivileged() -> list[str]:
+    """A command prefix that runs a command without root's rights (root writes anywhere), or ``[]`` when not root."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv to drop root's rights")
+    # setpriv, not subprocess's user=: the interpreter may lie under /root, which only root can reach at exec time
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def test_a_store_in_a_folder_this_process_cannot_write_is_refused_at_once():
+    prefix = _as_unprivileged()
+    with tempfile.TemporaryDirectory(prefix="mskd-test-") as base:  # in /tmp, which an unprivileged user can reach
+        os.chmod(base, 0o755)
+        folder = Path(base) / "read-only"
+        folder.mkdir(mode=0o555)
+        uri = path_to_sqlite_uri(str(folder / "mlruns.db"))
+        env = {**os.environ, "HOME": base, "MPLCONFIGDIR": base}
+        cmd = [*prefix, sys.executable, "-c", _OPEN_TIMED, uri]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    seconds = float(re.fullmatch(r"exit 2 after (\S+) s\n", proc.stdout).group(1))
+    assert seconds < 5  # MLflow alone retries for two minutes
+    [line] = [line for line in proc.stderr.splitlines() if line.startswith("mskd:")]
+    assert line == (
+        f"mskd: MLflow tracking store {uri!r} is unreachable or invalid (cannot write in {folder} (Permission "
+        f"denied)); {FIX}"
+    )
+
+
+# --- a store that refuses a log call never stops the training ---------------------------------------------------
+
+
+@pytest.fixture
+def quick_retries(monkeypatch):
+    monkeypatch.setattr(mskd.tracking, "LOG_BACKOFF_S", 0.0)
+    monkeypatch.setattr(mskd.tracking, "_REFUSING", set())
+    monkeypatch.setattr(mskd.tracking, "_WARNED", set())
+
+
+class _Store:
+    """A log call the store refuses ``refusals`` times, then accepts."""
+
+    def __init__(self, refusals: float, error: Exception | None = None):
+        self.refusals, self.calls = refusals, 0
+        self.error = error or MlflowException("(sqlite3.OperationalError) database is locked\n[SQL: INSERT ...]")
+
+    def __call__(self):
+        self.calls += 1
+        if self.calls <= self.refusals:
+            raise self.error
+        return "logged"
+
+
+def test_a_refused_log_call_is_tried_again(quick_retries, recwarn):
+    call = _Store(refusals=LOG_ATTEMPTS - 1)
+    assert log_or_skip(call, "sqlite:///s.db", "run1") == "logged"
+    assert call.calls == LOG_ATTEMPTS and not recwarn.list
+
+
+def test_a_store_that_keeps_refusing_is_skipped_with_one_warning_per_run(quick_retries, recwarn):
+    locked = _Store(refusals=float("inf"))
+    assert log_or_skip(locked, "sqlite:///s.db", "run1") is None
+    assert log_or_skip(locked, "sqlite:///s.db", "run1") is None  # tried once while the store keeps refusing
+    assert locked.calls == LOG_ATTEMPTS + 1
+    assert log_or_skip(lambda: "logged", "sqlite:///s.db", "run1") == "logged"
+    assert log_or_skip(locked, "sqlite:///s.db", "run1") is None  # accepted meanwhile: full tries again
+    assert locked.calls == 2 * LOG_ATTEMPTS + 1
+    full = _Store(refusals=float("inf"), error=OSError(28, "No space left on device"))
+    assert log_or_skip(full, "sqlite:///s.db", "run2") is None
+    messages = [str(w.message) for w in recwarn.list]
+    assert len(messages) == 2  # one per run
+    assert re.fullmatch(
+        rf"MLflow store 'sqlite:///s\.db' refused a log call of run run1 {LOG_ATTEMPTS} times in \d+\.\d s "
+        r"\(\(sqlite3\.OperationalError\) database is locked\); skipping it, and any later one it refuses, while the "
+        r"training goes on",
+        messages[0],
+    )
+    assert "of run run2" in messages[1] and "No space left on device" in messages[1]
+
+
+def test_a_log_call_inside_another_is_tried_as_part_of_it(quick_retries):
+    inner = _Store(refusals=float("inf"))
+    with pytest.warns(UserWarning, match="refused a log call of run run1"):
+        assert log_or_skip(lambda: log_or_skip(inner, "s", "run1"), "s", "run1") is None
+    assert inner.calls == LOG_ATTEMPTS
+
+
+def test_errors_other_than_the_stores_are_raised(quick_retries):
+    bug = _Store(refusals=1, error=TypeError("a bug, not the store"))
+    with pytest.raises(TypeError, match="a bug"):
+        log_or_skip(bug, "s", "run1")
+    assert bug.calls == 1

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -324,3 +325,133 @@ def test_mskd_predict_refuses_bad_input_with_every_problem(tmp_path, capsys):
     with pytest.raises(ValidationError) as info:
         main([*argv, "--debug"])
     assert len(info.value.problems) == 2
+
+
+# --- run settings, outputs, sizes, intensities, leaks --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "settings, problem",
+    [
+        ({"max_epochs": "2"}, "max_epochs: must be an integer >= 1, got '2'"),
+        ({"batch_size": True}, "batch_size: must be an integer >= 1, got True"),  # a bool is not a count
+        ({"checkpoint_every": -1}, "checkpoint_every: must be an integer >= 0, got -1"),
+        ({"image_size": 7}, "image_size: must be an integer >= 8, got 7"),
+        ({"learning_rate": 0}, "learning_rate: must be a finite number > 0, got 0"),
+        ({"learning_rate": float("inf")}, "learning_rate: must be a finite number > 0, got inf"),
+        ({"resume": "maybe"}, "resume: must be true or false, got 'maybe'"),
+    ],
+)
+def test_each_bad_setting_is_named_with_its_value(phantom, settings, problem):
+    assert training_problems(phantom, teacher="unet", settings=settings) == [problem]
+
+
+def test_good_settings_have_no_problem(phantom, tmp_path):
+    settings = {"max_epochs": 1, "checkpoint_every": 0, "learning_rate": 1e-3, "resume": "false", "image_size": 32}
+    outputs = {"output_dir": tmp_path / "new" / "output", "ckpt_dir": tmp_path}
+    assert training_problems(phantom, teacher="unet", settings=settings, output_dirs=outputs, task="synapse") == []
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused(tmp_path, monkeypatch):
+    import os
+
+    (tmp_path / "file").write_text("x")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    from mskd.validation import _output_problems
+
+    assert _output_problems({"output_dir": tmp_path / "file", "ckpt_dir": locked / "models", "x": locked}) == [
+        f"output_dir: {tmp_path / 'file'} is a file, not a folder; give a folder (it is created if missing)",
+        f"ckpt_dir: {locked / 'models'} cannot be created: {locked} is not writable; choose another folder or fix "
+        "its permissions",
+        f"x: {locked} is not writable; choose another folder or fix its permissions",
+    ]
+
+
+@pytest.mark.parametrize(
+    "name, size, problem",
+    [
+        ("tiny_unet", 32, None),
+        (
+            "tiny_unet",
+            30,
+            "image_size: the student network tiny_unet fails on 30x30 slices; nearest sizes it takes: 24 or 32",
+        ),
+        ("enet", 50, "image_size: the student network enet fails on 50x50 slices; nearest sizes it takes: 48 or 56"),
+        ("swin_unetr", 64, None),  # built for real, not on the meta device
+    ],
+)
+def test_the_image_size_must_fit_every_network_built(phantom, name, size, problem):
+    problems = training_problems(phantom, student=name, role="student", settings={"image_size": size})
+    assert problems == ([] if problem is None else [problem])
+
+
+def _write_case(root, name, image, label, affine=None):
+    affine = np.diag([1.0, 1.0, 2.0, 1.0]) if affine is None else affine
+    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (root / "labelsTr").mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / name)
+    nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / name)
+    return {"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"}
+
+
+def test_intensities_must_be_hounsfield_units_with_air(tmp_path):
+    ct = np.full((8, 8, 4), -1000, np.int16)
+    mr = np.full((8, 8, 4), 300.0, np.float32)
+    label = np.ones((8, 8, 4), np.uint8)
+    cases = [_write_case(tmp_path, "ct.nii.gz", ct, label), _write_case(tmp_path, "mr.nii.gz", mr, label)]
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": cases}))
+    assert dataset_problems(tmp_path, window=[-125, 275]) == [
+        f"{tmp_path / 'imagesTr/mr.nii.gz'}: intensities span [300, 300] (float32), with no air below -500 HU: not a "
+        "CT in Hounsfield units (an MR or a rescaled export?); the models are trained on HU"
+    ]
+    assert dataset_problems(tmp_path) == []  # no window, no intensity check
+    assert "outside [0, 1]" in dataset_problems(tmp_path, window=[0.0, 1.0])[0]
+
+
+def test_background_only_labels_are_refused_and_a_class_never_seen_is_warned(tmp_path):
+    ct = np.full((8, 8, 4), -1000, np.int16)
+    empty = np.zeros((8, 8, 4), np.uint8)
+    cases = {
+        "training": [_write_case(tmp_path, "a.nii.gz", ct, empty)],
+        "test": [_write_case(tmp_path, "t.nii.gz", ct, empty)],
+    }
+    (tmp_path / "dataset.json").write_text(json.dumps(cases))
+    assert dataset_problems(tmp_path, num_classes=3) == [
+        f"{tmp_path}: every label of the 1 'training' cases is background only (all 0); nothing to learn (are the "
+        "label files the images' segmentations?)"
+    ]
+    assert dataset_problems(tmp_path, split="test", num_classes=3) == []  # a test case may hold no organ
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": [_write_case(tmp_path, "b.nii.gz", ct, empty + 1)]}))
+    with pytest.warns(UserWarning, match=r"class\(es\) \[2\] appear in no 'training' label"):
+        assert dataset_problems(tmp_path, num_classes=3) == []
+
+
+def test_a_case_listed_twice_or_in_both_splits_is_a_leak(tmp_path):
+    ct = np.full((8, 8, 4), -1000, np.int16)
+    label = np.ones((8, 8, 4), np.uint8)
+    a, b = _write_case(tmp_path, "a.nii.gz", ct, label), _write_case(tmp_path, "b.nii.gz", ct, label)
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": [a, b, a]}))
+    assert dataset_problems(tmp_path) == [
+        f"{tmp_path}: 'training' cases 0 and 2 are the same image {tmp_path / a['image']}; a case listed twice can be "
+        "trained on and validated on (a leak); list each case once"
+    ]
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": [a, b], "test": [b]}))
+    assert dataset_problems(tmp_path) == [
+        f"{tmp_path}/dataset.json: 1 'test' case(s) are also 'training' cases "
+        f"([{str(tmp_path / b['image'])!r}]); test cases must never be trained on"
+    ]
+    assert dataset_problems(tmp_path, split="test") == []
+
+
+def test_a_singular_affine_is_not_a_physical_grid(tmp_path):
+    from mskd.validation import _grid_problems
+
+    singular = np.diag([1.0, 1.0, 0.0, 1.0])
+    assert _grid_problems("a.nii", singular) == [
+        "a.nii: the header's affine is singular or not finite (voxel spacing [1.0, 1.0, 0.0] mm), so the volume has "
+        "no physical grid; fix the header (qform/sform or DICOM geometry)"
+    ]
+    assert _grid_problems("a.nii", np.diag([0.8, 0.8, 2.5, 1.0])) == []

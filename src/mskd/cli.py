@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,22 @@ __all__ = ["BENCHMARKS", "build_parser", "main"]
 BENCHMARKS = ("networks", "export", "training_step", "losses", "inference", "data", "teacher_cache")
 
 
+# config id -> the workflow flag that sets it (every other override comes from --set)
+_FLAGS = {
+    "dataset_dir": "--dataset-dir",
+    "data_format": "--data-format",
+    "teacher": "--teacher",
+    "student": "--student",
+    "max_epochs": "--epochs",
+    "seed": "--seed",
+    "output_dir": "--output-dir",
+    "ckpt_dir": "--output-dir",  # its models/ folder
+}
+_INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C (128 + SIGINT)
+
+
 class UsageError(Exception):
-    """A command line that cannot be run as given (exit status 2, as argparse's own usage errors)."""
+    """A command line that cannot be run as given (exit status 2, as argparse's own usage errors); one line each."""
 
 
 def _phantom(args: argparse.Namespace) -> None:
@@ -53,22 +69,55 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {**{k: v for k, v in values.items() if v is not None}, **dict(args.set)}
 
 
-def _train(args: argparse.Namespace) -> None:
-    from mskd.workflows import train
+def _checked_overrides(args: argparse.Namespace, files: Sequence[str]) -> dict[str, Any]:
+    """:func:`_overrides`, checked before anything runs against the bundle's config stack ``files``.
 
-    print(train(args.bundle, args.method, **_overrides(args)).table())
+    Raises:
+        UsageError: one line per override that runs Python code (without ``--allow-code``) and per ``--set`` key
+            that the stack does not have (naming the nearest existing key).
+        FileNotFoundError: when ``--bundle`` is not an mskd bundle.
+    """
+    from mskd.overrides import code_in_overrides, unknown_keys
+    from mskd.workflows import bundle_folder
+
+    overrides = _overrides(args)
+    sets = dict(args.set)
+    code = [] if args.allow_code else code_in_overrides(overrides)
+    sources = dict.fromkeys(f"--set {key}" if key in sets else _FLAGS[key] for key in code)  # --output-dir once
+    problems = [
+        f"{source}: would run Python code (a $ expression, a _target_ or a % file macro); pass --allow-code if you "
+        "trust it"
+        for source in sources
+    ]
+    keys = [key for key in sets if key not in code]
+    if keys:
+        bundle_folder(args.bundle)  # not a bundle: its message says to pass --bundle
+        configs = Path(args.bundle) / "configs"  # as given, for the messages
+        unknown = unknown_keys([configs / f for f in files], keys, configs / "metadata.json")
+        problems += [f"--set {line}" for line in unknown]
+    if problems:
+        raise UsageError("\n".join(problems))
+    return overrides
+
+
+def _train(args: argparse.Namespace) -> None:
+    from mskd.workflows import STACKS, train
+
+    overrides = _checked_overrides(args, STACKS[args.method])
+    print(train(args.bundle, args.method, **overrides).table())
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from mskd.workflows import evaluate
+    from mskd.workflows import EVALUATE, STACKS, evaluate
 
-    print(evaluate(args.bundle, args.method, **_overrides(args)).table())
+    overrides = _checked_overrides(args, (*STACKS[args.method], EVALUATE))
+    print(evaluate(args.bundle, args.method, **overrides).table())
 
 
 def _experiment(args: argparse.Namespace) -> None:
     from mskd.experiment import run_experiment
 
-    run_experiment(args.config, workdir=args.workdir, dry_run=args.dry_run)
+    run_experiment(args.config, workdir=args.workdir, dry_run=args.dry_run, allow_code=args.allow_code)
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -121,8 +170,15 @@ def _export(args: argparse.Namespace) -> None:
 def _add_student_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", default="bundles/mskd_synapse", help="bundle folder")
     parser.add_argument("--checkpoint", default=None, help="student weights (default: BUNDLE/models/model.pt)")
-    parser.add_argument("--student", default=None, help="student network name, if not the bundle's default")
-    parser.add_argument("--image-size", type=int, default=None, help="in-plane size the student was trained at")
+    parser.add_argument(
+        "--student", default=None, help="student network name (default: the checkpoint's, else the bundle's)"
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="in-plane slice size (default: the checkpoint's, else the bundle's)",
+    )
 
 
 def _assignment(text: str) -> tuple[str, Any]:
@@ -159,7 +215,14 @@ def _add_workflow_args(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="any other bundle override, repeatable; VALUE is read as JSON, else as a string "
-        '(--set image_size=96 --set mlflow=false --set \'tracking_tags_extra={"experiment": "a"}\')',
+        '(--set image_size=96 --set mlflow=false --set \'tracking_tags_extra={"experiment": "a"}\'); '
+        "KEY must be in the bundle's config",
+    )
+    parser.add_argument(
+        "--allow-code",
+        action="store_true",
+        help="let override values run Python code: $ expressions, _target_ components, %% macros naming a file "
+        "(refused otherwise; only for overrides you trust)",
     )
 
 
@@ -239,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("config", help="the experiment YAML file")
     experiment.add_argument("--workdir", default=None, help="data, checkpoints, logs and the MLflow store")
     experiment.add_argument("--dry-run", action="store_true", help="list the planned runs; train nothing")
+    experiment.add_argument(
+        "--allow-code",
+        action="store_true",
+        help="let the file's overrides run Python code ($ expressions, _target_, %% file macros; refused otherwise)",
+    )
 
     bench = command(
         "bench",
@@ -281,12 +349,70 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``mskd``; returns the exit status (1 with a one-line message on a known error).
+def _chain(error: BaseException) -> list[BaseException]:
+    """``error`` and the exceptions it was raised from (``__cause__``, else an unsuppressed ``__context__``)."""
+    chain = [error]
+    while True:
+        last = chain[-1]
+        inner = last.__cause__ if last.__cause__ is not None or last.__suppress_context__ else last.__context__
+        if inner is None or any(inner is e for e in chain):
+            return chain
+        chain.append(inner)
 
-    Problems found by the up-front checks (:mod:`mskd.validation`) are listed, one line each, and exit with status
-    2, as do command lines that cannot be run (argparse's usage errors, and ``mskd bench`` outside a clone).
-    ``--debug`` (or ``MSKD_DEBUG=1``) raises every error with its traceback instead.
+
+def _raised_by_mskd(error: BaseException) -> bool:
+    """Whether ``error`` was raised in mskd's own code (the last frame of its traceback is in the package)."""
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    name = tb.tb_frame.f_globals.get("__name__", "")
+    return name == "mskd" or name.startswith("mskd.")
+
+
+def _one_line(error: BaseException) -> str:
+    """The message that reports ``error`` in one line.
+
+    It is that of the outermost exception of the chain raised by mskd's own code (a message written to say what to
+    fix, which MONAI's "Failed to instantiate component" and "Failed to evaluate ConfigExpression" wrap), else that
+    of the innermost (the root cause); its first line, after the type name when the message alone says too little.
+    """
+    chain = _chain(error)
+    reported = next((e for e in chain if _raised_by_mskd(e)), chain[-1])
+    text = next((line.strip() for line in str(reported).splitlines() if line.strip()), "")
+    if text and not isinstance(reported, KeyError):  # a KeyError's message is the bare key
+        return text
+    return f"{type(reported).__name__}: {text}" if text else type(reported).__name__
+
+
+@contextlib.contextmanager
+def _log_without_tracebacks() -> Iterator[None]:
+    """Inside, log records carry no traceback: MONAI's StatsHandler logs one for any error in an engine, which
+    :func:`main` reports in one line. The records are made bare, as the bundle's logging config replaces the handlers
+    and a logger's filter misses the records of its children."""
+    make = logging.getLogRecordFactory()
+
+    def bare(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        record.exc_info = record.exc_text = None
+        return record
+
+    logging.setLogRecordFactory(bare)
+    try:
+        yield
+    finally:
+        logging.setLogRecordFactory(make)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``mskd``; returns the exit status: 0, 1 on an error, 2 on a refused command line, 130 on Ctrl-C.
+
+    An error is reported in one line, with the project's own message from its exception chain (see
+    :func:`_one_line`). Problems found by the up-front checks (:mod:`mskd.validation`) are listed, one line each,
+    and exit with status 2, as do command lines that cannot be run (argparse's usage errors, an unknown ``--set``
+    key, an override that runs code without ``--allow-code``, and ``mskd bench`` outside a clone). Ctrl-C prints one
+    line. ``--debug`` (or ``MSKD_DEBUG=1``) raises every error, and the interrupt, with its traceback instead.
     """
     from mskd.validation import DEBUG_ENV, debug_enabled
 
@@ -296,14 +422,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if debug:
         os.environ[DEBUG_ENV] = "1"  # seen by the checks of the bundles run in this process
     try:
-        args.func(args)
+        with contextlib.nullcontext() if debug else _log_without_tracebacks():
+            args.func(args)
     except UsageError as e:
-        print(f"mskd {args.command}: error: {e}", file=sys.stderr)
+        for line in str(e).splitlines():
+            print(f"mskd {args.command}: error: {line}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
+    except KeyboardInterrupt:
         if debug:
             raise
-        print(f"mskd {args.command}: error: {e}", file=sys.stderr)
+        resume = "; run the same command again to resume" if args.func is _train else ""
+        print(f"mskd {args.command}: interrupted{resume}", file=sys.stderr)
+        return _INTERRUPTED
+    except Exception as e:
+        if debug:
+            raise
+        print(f"mskd {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 1
     finally:
         if previous is None:

@@ -112,11 +112,13 @@ def _check_seeds(path: Path, where: str, seeds: Any) -> list[int]:
     return seeds
 
 
-def load_experiment(path: str | os.PathLike) -> dict[str, Any]:
+def load_experiment(path: str | os.PathLike, allow_code: bool = False) -> dict[str, Any]:
     """Read and check an experiment file; returns it with defaults filled in.
 
     Args:
         path: the YAML file.
+        allow_code: accept overrides whose values run Python code (``$`` expressions, ``_target_``, ``%`` file
+            macros); without it such a file is refused.
 
     Returns:
         the experiment as a dict (``bundle``, ``output`` and ``workdir`` resolved against the current folder).
@@ -199,34 +201,36 @@ def load_experiment(path: str | os.PathLike) -> dict[str, Any]:
         }
     cfg["methods"] = parsed
     cfg["path"] = path.resolve()
-    _check_override_keys(path, cfg)
+    _check_overrides(path, cfg, allow_code)
     return cfg
 
 
-def _config_keys(bundle: Path, files: Sequence[str]) -> set[str]:
-    keys: set[str] = set()
-    for name in files:
-        keys |= {
-            k.lstrip("+").split("#")[0] for k in json.loads((bundle / "configs" / name).read_text(encoding="utf-8"))
-        }
-    return keys
+def _check_overrides(path: Path, cfg: Mapping[str, Any], allow_code: bool) -> None:
+    """Every override must name a key of the stack it is stacked on (a typo would otherwise change nothing), and
+    none may run Python code (``$``, ``_target_``, a ``%`` file macro) unless ``allow_code``."""
+    from mskd.overrides import code_in_overrides, unknown_keys
 
-
-def _check_override_keys(path: Path, cfg: Mapping[str, Any]) -> None:
-    """Every override must name a key of the configs it is stacked on (a typo would otherwise change nothing)."""
-    student_keys = _config_keys(cfg["bundle"], ["train_teacher.json", "train_student.json"])
-    distill_keys = _config_keys(cfg["bundle"], ["train_teacher.json", "distill.json"])
-    checks = [("overrides", cfg["overrides"], student_keys & distill_keys)]
-    checks.append(("teacher.overrides", cfg["teacher"]["overrides"], student_keys))
-    checks += [(f"students.{s}", o, student_keys & distill_keys) for s, o in cfg["students"].items()]
+    configs = cfg["bundle"] / "configs"
+    student = [configs / "train_teacher.json", configs / "train_student.json"]
+    distill = [configs / "train_teacher.json", configs / "distill.json"]
+    checks = [("overrides", cfg["overrides"], (student, distill))]
+    checks.append(("teacher.overrides", cfg["teacher"]["overrides"], (student,)))
+    checks += [(f"students.{s}", o, (student, distill)) for s, o in cfg["students"].items()]
     for name, spec in cfg["methods"].items():
-        keys = distill_keys if spec["distill"] else student_keys
-        checks.append((f"methods.{name}.overrides", spec["overrides"], keys))
-        checks += [(f"methods.{name}.candidates[{i}]", c, keys) for i, c in enumerate(spec["candidates"] or [])]
-    for where, overrides, keys in checks:
-        unknown = sorted(k for k in overrides if k.lstrip("+").split("#")[0] not in keys)
-        if unknown:
-            raise _fail(path, f"{where} sets {unknown}, which the bundle's configs do not define")
+        stack = distill if spec["distill"] else student
+        checks.append((f"methods.{name}.overrides", spec["overrides"], (stack,)))
+        checks += [(f"methods.{name}.candidates[{i}]", c, (stack,)) for i, c in enumerate(spec["candidates"] or [])]
+    for where, overrides, stacks in checks:
+        if not allow_code and (code := code_in_overrides(overrides)):
+            raise _fail(
+                path,
+                f"{where} sets {code} to values that run Python code ($ expressions, _target_ or % file macros); "
+                "if you trust this file, run it with --allow-code",
+            )
+        keys = [k.lstrip("+") for k in overrides]
+        for stack in stacks:
+            if unknown := unknown_keys(stack, keys):
+                raise _fail(path, f"{where}: {unknown[0]}")
 
 
 def _run_name(model: str, method: str, seed: int) -> str:
@@ -341,8 +345,7 @@ def _base_overrides(cfg: Mapping[str, Any], workdir: Path, dataset: tuple[Path, 
         "experiment_name": f"mskd_{cfg['name']}",
         "teacher": teacher,
         "mlflow": True,
-        # every run keeps its own best-validation checkpoint; distillation always uses the one teacher
-        "ckpt_name": "$@model_run_name + '.pt'",
+        # every run keeps its own best-validation checkpoint (<run>.pt); distillation always uses the one teacher
         "teacher_ckpt": str(workdir / "models" / f"{_run_name(teacher, 'teacher', 0)}.pt"),
     }
 
@@ -791,7 +794,12 @@ def _write_outputs(
     return out
 
 
-def run_experiment(config: str | os.PathLike, workdir: str | os.PathLike | None = None, dry_run: bool = False) -> Path:
+def run_experiment(
+    config: str | os.PathLike,
+    workdir: str | os.PathLike | None = None,
+    dry_run: bool = False,
+    allow_code: bool = False,
+) -> Path:
     """Run (or resume) an experiment matrix and write its results.
 
     Args:
@@ -799,6 +807,7 @@ def run_experiment(config: str | os.PathLike, workdir: str | os.PathLike | None 
         workdir: where data, checkpoints, logs, per-run overrides and the MLflow store go (default: the file's
             ``workdir``, else ``experiments/<name>``).
         dry_run: only print the planned runs (nothing is trained or written).
+        allow_code: accept overrides that run Python code (see :func:`load_experiment`).
 
     Returns:
         the folder with ``results.csv``, ``results.md`` and ``dice.png``.
@@ -812,7 +821,7 @@ def run_experiment(config: str | os.PathLike, workdir: str | os.PathLike | None 
 
     from mskd.data import organ_names
 
-    cfg = load_experiment(config)
+    cfg = load_experiment(config, allow_code)
     if workdir is not None:
         cfg["workdir"] = Path(workdir).resolve()
     workdir = cfg["workdir"]

@@ -48,6 +48,9 @@ ONNX_TOLERANCE = 1e-4  # max |eager - onnxruntime| on logits that export_checkpo
 TORCHSCRIPT_TOLERANCE = 1e-5  # max |eager - torch.jit.load(...)| on logits that export_checkpoint accepts
 _SUFFIX = {"onnx": ".onnx", "torchscript": ".ts"}
 _JIT_DEPRECATED = r"`torch\.jit\.\w+` is deprecated"  # TorchScript is deprecated in PyTorch, but MONAI bundles ship it
+# the settings of a plain state dict that export_checkpoint is not given (a self-describing checkpoint holds its own)
+_PLAIN_DEFAULTS = {"network": None, "network_kwargs": {}, "in_channels": 1, "num_classes": 9, "image_size": 224}
+_CLI_FLAGS = {"student": "--student", "image_size": "--image-size"}  # the flags of `mskd export` that default to it
 
 
 def _require(module: str) -> Any:
@@ -266,16 +269,22 @@ def _export_torchscript(network: nn.Module, path: Path, name: str) -> Path:
 
 
 def export_checkpoint(
-    network_name: str,
+    network_name: str | None,
     checkpoint_path: str | os.PathLike,
     out_path: str | os.PathLike,
     format: str = "onnx",
-    num_classes: int = 9,
-    in_channels: int = 1,
-    image_size: int = 224,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    image_size: int | None = None,
     network_kwargs: dict[str, Any] | None = None,
+    fallback: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Build a registered network, load a checkpoint into it, export it and check the export against it.
+    """Build a network, load a checkpoint into it, export it and check the export against it.
+
+    A checkpoint that describes itself (the bundles save them so) gives every setting left ``None`` (its network,
+    constructor arguments, channels, classes and image size); a setting given must be the checkpoint's, or the export
+    is refused. For a plain state dict the settings left ``None`` come from ``fallback``, else 1 channel, 9 classes
+    and 224, with a warning that its image size cannot be checked.
 
     The check runs the network and the exported file on the same random inputs (batch 1 and batch 3, so the dynamic
     batch axis of ONNX is exercised at sizes other than the traced one) and requires
@@ -284,39 +293,61 @@ def export_checkpoint(
 
     Args:
         network_name: a name from ``mskd.networks.list_networks()`` (e.g. ``"tiny_unet"``, ``"enet"``).
-        checkpoint_path: a state dict saved by the bundles (plain or under ``"model"``).
+        checkpoint_path: a checkpoint saved by the bundles, or a state dict (plain or under ``"model"``).
         out_path: the file to write (``.onnx`` / ``.ts`` by convention); its folder is created.
         format: ``"onnx"`` or ``"torchscript"``.
         num_classes: output channels, background included (9 for Synapse).
         in_channels: input channels (1 for CT).
         image_size: ``H = W`` of the input; fixed in the ONNX graph.
         network_kwargs: constructor arguments of the network, as the bundle's ``student_kwargs``.
+        fallback: settings for a plain state dict (keys ``network``, ``network_kwargs``, ``in_channels``,
+            ``num_classes``, ``image_size``; ``mskd export`` passes the bundle's).
 
     Returns:
         ``{"network", "format", "path", "image_size", "max_abs_diff", "tolerance", "size_bytes"}``.
 
     Raises:
-        ValueError: for an unknown format or network name (the message lists the choices), or a checkpoint that does
-            not fit the network.
+        ValueError: for an unknown format or network name (the message lists the choices), a setting that is not the
+            checkpoint's (the line names the flag to change), a plain state dict without a network name, or a
+            checkpoint that does not fit the network.
         FileNotFoundError: when ``checkpoint_path`` does not exist.
         ImportError: for ONNX without ``onnx``/``onnxruntime`` (``pip install 'mskd[onnx]'``).
         RuntimeError: when the export differs from the network by more than the tolerance (nothing is written), or
             ``torch.jit.script`` cannot compile the network.
     """
-    from mskd.networks import get_network, load_weights
+    from mskd.networks import get_network, load_weights, metadata_mismatch, read_checkpoint
 
     fmt = look_up_option(format, EXPORT_FORMATS)
-    _check_sizes(image_size, in_channels)
     checkpoint_path, out_path = Path(checkpoint_path), Path(out_path)
     if not checkpoint_path.is_file():
         raise FileNotFoundError(
             f"checkpoint not found: {checkpoint_path}; pass the .pt file the bundle wrote (--checkpoint), "
             "e.g. <bundle>/models/model.pt after distillation"
         )
+    metadata = read_checkpoint(checkpoint_path, "student", mmap=True)[1]
+    settings = dict(metadata) if metadata is not None else {**_PLAIN_DEFAULTS, **(fallback or {})}
+    given = {
+        "network": network_name,
+        "network_kwargs": network_kwargs,
+        "in_channels": in_channels,
+        "num_classes": num_classes,
+        "image_size": image_size,
+    }
+    settings.update({key: value for key, value in given.items() if value is not None})
+    checked = {key: settings[key] for key in ("network", "network_kwargs", "num_classes", "image_size")}
+    problems = metadata_mismatch(checkpoint_path, "student", metadata, checked, _CLI_FLAGS)
+    if problems:
+        raise ValueError("; ".join(problems))
+    network_name, image_size, in_channels = settings["network"], settings["image_size"], settings["in_channels"]
+    if network_name is None:
+        raise ValueError(
+            f"checkpoint {checkpoint_path} does not describe itself (a plain state dict): name its network (--student)"
+        )
+    _check_sizes(image_size, in_channels)
     if fmt == "onnx":  # fail before building the network
         _require("onnx")
         _require("onnxruntime")
-    network = get_network(network_name, in_channels, num_classes, **(network_kwargs or {}))
+    network = get_network(network_name, in_channels, settings["num_classes"], **settings["network_kwargs"])
     load_weights(network, checkpoint_path, role=network_name).eval()
 
     with atomic_path(out_path) as staged:  # appears as out_path only once the parity check has passed
@@ -352,27 +383,28 @@ def bundle_export(
     student: str | None = None,
     image_size: int | None = None,
 ) -> dict[str, Any]:
-    """:func:`export_checkpoint` for the network a bundle infers with: what ``mskd export`` runs.
+    """:func:`export_checkpoint` for the student a bundle infers with: what ``mskd export`` runs.
 
-    Reads ``student``, ``student_kwargs``, ``num_classes``, ``image_size`` and ``ckpt_path`` from
-    ``<bundle>/configs/inference.json`` (the network its ``network_def`` builds, and the checkpoint its ``network``
-    loads) and the input channels from ``configs/metadata.json``. As with every bundle command, pass the
-    ``student`` and ``image_size`` the run was trained with when they differ from the bundle's defaults.
+    A checkpoint that describes itself gives the student, its constructor arguments and the image size; ``student``
+    and ``image_size``, when given, must be its own. For a plain state dict they default to ``student``,
+    ``student_kwargs``, ``num_classes`` and ``image_size`` of ``<bundle>/configs/inference.json`` (the network its
+    ``network_def`` builds), with the input channels of ``configs/metadata.json``.
 
     Args:
         bundle: the bundle folder (e.g. ``bundles/mskd_synapse``).
-        checkpoint: the student's state dict; default the config's ``ckpt_path`` (``<bundle>/models/model.pt``).
+        checkpoint: the student's checkpoint; default the config's ``ckpt_path`` (``<bundle>/models/model.pt``).
         out: the file to write; default ``<bundle>/models/model.onnx`` (``model.ts`` for TorchScript).
         format: ``"onnx"`` or ``"torchscript"``.
-        student: overrides the config's ``student`` (a name from ``mskd.networks.list_networks()``).
-        image_size: overrides the config's ``image_size`` (the fixed ``H = W`` of the ONNX input).
+        student: a name from ``mskd.networks.list_networks()``; default the checkpoint's.
+        image_size: the fixed ``H = W`` of the ONNX input; default the checkpoint's.
 
     Returns:
         the report of :func:`export_checkpoint`.
 
     Raises:
         FileNotFoundError: when the bundle has no ``configs/inference.json`` or the checkpoint does not exist.
-        ValueError: for an unknown format or network, or an inference config without the keys above.
+        ValueError: for an unknown format or network, a ``student`` or ``image_size`` that is not the checkpoint's,
+            or an inference config without the keys above.
     """
     from monai.bundle import ConfigParser
 
@@ -386,10 +418,7 @@ def bundle_export(
     missing = [k for k in ("student", "num_classes", "image_size") if k not in parser]
     if missing:
         raise ValueError(f"{config} does not define {missing}; it must name the network it runs")
-    overrides = {"bundle_root": str(bundle), "student": student, "image_size": image_size}
-    for key, value in overrides.items():
-        if value is not None:
-            parser[key] = value
+    parser["bundle_root"] = str(bundle)
     meta = bundle / "configs" / "metadata.json"
     in_channels = 1
     if meta.is_file():
@@ -397,13 +426,18 @@ def bundle_export(
         in_channels = int(parser.get("_meta_#network_data_format#inputs#image#num_channels", 1))
     if checkpoint is None:
         checkpoint = parser.get_parsed_content("ckpt_path", default=str(bundle / "models" / "model.pt"))
+    fallback = {
+        "network": parser.get_parsed_content("student"),
+        "network_kwargs": dict(parser.get_parsed_content("student_kwargs", default={})),
+        "in_channels": in_channels,
+        "num_classes": int(parser.get_parsed_content("num_classes")),
+        "image_size": int(parser.get_parsed_content("image_size")),
+    }
     return export_checkpoint(
-        network_name=parser.get_parsed_content("student"),
+        network_name=student,
         checkpoint_path=checkpoint,
         out_path=out if out is not None else bundle / "models" / f"model{_SUFFIX[fmt]}",
         format=fmt,
-        num_classes=int(parser.get_parsed_content("num_classes")),
-        in_channels=in_channels,
-        image_size=int(parser.get_parsed_content("image_size")),
-        network_kwargs=dict(parser.get_parsed_content("student_kwargs", default={})),
+        image_size=image_size,
+        fallback=fallback,
     )

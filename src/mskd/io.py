@@ -4,7 +4,10 @@ Every file mskd writes (checkpoints, predictions, CSVs, exported models, execute
 through :func:`atomic_path`: the writer writes a temporary file in the destination's folder, which is flushed to disk
 and renamed onto the destination (``os.replace``, atomic on one filesystem) only when the writer returns. A reader
 never sees half a file; a crash or an error mid-write leaves the previous file as it was and no temporary file behind
-(only a ``SIGKILL`` or power loss mid-write can leave a hidden ``.tmp-*`` file, never a damaged destination).
+(only a ``SIGKILL`` or power loss mid-write can leave a hidden ``.tmp-*`` file, never a damaged destination). A write
+that fails for want of disk space says so: ``OSError(ENOSPC)`` naming the file and the space left, whatever the writer
+raised (``torch.save`` reports a full disk as ``RuntimeError: [enforce fail at inline_container.cc] ... unexpected
+pos``).
 
 Every checkpoint mskd reads goes through :func:`load_checkpoint`: ``torch.load(..., weights_only=True)``, which
 unpickles tensors, numbers, strings and containers only. A file that needs arbitrary unpickling (a pickled class, a
@@ -14,9 +17,12 @@ function) is refused with a message naming it, since unpickling runs code chosen
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
+import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -31,10 +37,14 @@ __all__ = [
     "atomic_path",
     "load_checkpoint",
     "nonfinite_entry",
+    "remove_stale_temporaries",
     "save_checkpoint",
 ]
 
 TMP_PREFIX = ".tmp-"  # temporary files are hidden siblings: .tmp-<pid>-<random>-<name> (the name's extension kept)
+STALE_TMP_S = 600  # a temporary untouched this long was left by a killed writer (a live one writes continually)
+# how torch.save's C++ writer reports a short write, which is a full disk in practice
+_TORCH_SHORT_WRITE = ("inline_container", "unexpected pos", "No space left")
 
 
 class UnsafeCheckpointError(ValueError):
@@ -49,8 +59,15 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _disk_full(error: BaseException) -> bool:
+    """Whether a writer's error means the disk is full: ``OSError(ENOSPC)``, or torch's short-write ``RuntimeError``."""
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOSPC
+    return isinstance(error, RuntimeError) and any(marker in str(error) for marker in _TORCH_SHORT_WRITE)
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, exclusive: bool = False) -> Iterator[Path]:
     """Write ``path`` atomically: yield a temporary path beside it for the writer, then rename it onto ``path``.
 
     The temporary file is ``.tmp-<pid>-<random>-<name>`` in ``path``'s folder (created if missing), so it keeps the
@@ -65,12 +82,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     Args:
         path: the file to write.
+        exclusive: create ``path`` only if it does not exist (a hard link, which fails on an existing file): when
+            another process created it meanwhile, theirs is kept and this one discarded.
 
     Yields:
         the temporary path to write instead.
 
     Raises:
         FileNotFoundError: when the writer returned without creating the temporary file.
+        OSError: ``ENOSPC``, "no space left on device writing <path>: <n> MB free in <folder>", when the disk is full
+            (the writer's own error is its ``__cause__``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,10 +99,38 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        if exclusive:
+            with contextlib.suppress(FileExistsError):  # another process created it first: theirs is kept
+                os.link(tmp, path)
+        else:
+            os.replace(tmp, path)
+    except BaseException as e:
+        if _disk_full(e):
+            free_mb = shutil.disk_usage(path.parent).free / 1e6
+            raise OSError(
+                errno.ENOSPC, f"no space left on device writing {path}: {free_mb:.1f} MB free in {path.parent}"
+            ) from e
         raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(path: str | os.PathLike, older_than_s: float = STALE_TMP_S) -> list[Path]:
+    """Remove the temporary files of ``path`` (:func:`atomic_path`'s, and what their writer made beside them, such as
+    SQLite's ``-journal``) that a killed writer left: those not modified for ``older_than_s`` seconds.
+
+    Returns:
+        the files removed.
+    """
+    path = Path(path)
+    cutoff = time.time() - older_than_s
+    removed = []
+    for tmp in path.parent.glob(f"{TMP_PREFIX}*-{path.name}*"):
+        with contextlib.suppress(FileNotFoundError):  # its live writer may finish (and remove it) meanwhile
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
 
 
 @contextlib.contextmanager
@@ -193,6 +242,7 @@ def save_checkpoint(state: dict[str, Any] | torch.Tensor, path: str | os.PathLik
 
     Raises:
         FloatingPointError: when a tensor holds NaN or Inf (nothing is written; the previous file is kept).
+        OSError: ``ENOSPC`` when the disk is full (:func:`atomic_path`; the previous file is kept).
     """
     import torch
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from mskd.data.datalist import get_datalist, input_format
 
@@ -21,15 +22,18 @@ def predict(
     """Segment every input volume and write one NIfTI label map per input onto the input's grid.
 
     The bundle stays the single source of truth: this runs its ``configs/inference.json`` with ``input``,
-    ``output_dir`` and (when given) ``ckpt_path``, ``student`` and ``image_size`` overridden.
+    ``output_dir``, ``ckpt_path``, ``student``, ``student_kwargs`` and ``image_size`` overridden. A checkpoint that
+    describes itself (the bundles save them so) gives the student, its constructor arguments and the image size it
+    was trained at when they are not given; given ones must be the checkpoint's.
 
     Args:
         bundle: the bundle folder (e.g. ``bundles/mskd_synapse``).
         input: a NIfTI file, a folder of NIfTI files, a DICOM series folder or a folder of series folders.
         output: folder for the label maps (``<input name>_seg.nii.gz``); created if needed.
         checkpoint: the student's weights; default the bundle's ``models/model.pt``.
-        student: the student's registry name, when it is not the bundle's default.
-        image_size: the in-plane size the student was trained at, when not the bundle's default.
+        student: the student's registry name; default the checkpoint's (the bundle's for a plain state dict).
+        image_size: the in-plane size the student was trained at; default the checkpoint's (the bundle's for a plain
+            state dict, with a warning that it cannot be checked).
 
     Returns:
         the label maps written, one per input, in input order.
@@ -38,7 +42,8 @@ def predict(
         FileNotFoundError: when the bundle does not exist.
         SystemExit: with status 2, after printing every problem found by :func:`mskd.validation.inference_problems`
             (an input that is missing, not NIfTI, unreadable, not 3D or holds NaN; a folder with several DICOM
-            series; a student checkpoint that is missing, unreadable or of another network or class count).
+            series; a student checkpoint that is missing, unreadable, of another network or class count, or trained
+            at another image size than ``image_size``).
         mskd.validation.ValidationError: instead of ``SystemExit`` when ``MSKD_DEBUG=1``.
     """
     from monai.bundle import ConfigParser, run
@@ -51,15 +56,13 @@ def predict(
         raise FileNotFoundError(f"{bundle} is not a bundle (no configs/inference.json); pass --bundle")
     checkpoint = Path(checkpoint) if checkpoint is not None else bundle / "models" / "model.pt"
     overrides = {"input": str(input), "output_dir": str(output), "ckpt_path": str(checkpoint)}
-    if student is not None:
-        overrides["student"] = student
-    if image_size is not None:
-        overrides["image_size"] = image_size
+    overrides.update(_student_settings(checkpoint, student, image_size))
     # the bundle's own checks, with these overrides, before any model is built or anything is written
     parser = ConfigParser()
     parser.read_config(str(config))
     parser.update({"bundle_root": str(bundle), **overrides})
-    report_problems([_as_flag(p) for p in inference_problems(**parser.get_parsed_content("checks"))])
+    problems = inference_problems(**parser.get_parsed_content("checks"), flags=_FROM_CHECKPOINT)
+    report_problems([_as_flag(p) for p in problems])
     cases = get_datalist(input_format(input), input)
     run(
         config_file=str(config),
@@ -71,8 +74,34 @@ def predict(
     return [Path(output) / f"{_stem(case['image'])}_seg.nii.gz" for case in cases]
 
 
-# the config keys of inference.json that `mskd predict` sets from its flags
-_FLAGS = {"input": "--input", "ckpt_path": "--checkpoint", "student": "--student", "student_kwargs": "--student"}
+def _student_settings(checkpoint: Path, student: str | None, image_size: int | None) -> dict[str, Any]:
+    """The ``student``, ``student_kwargs`` and ``image_size`` overrides: the given ones, else the checkpoint's."""
+    from mskd.networks import read_checkpoint
+
+    try:
+        metadata = read_checkpoint(checkpoint, "student", mmap=True)[1] or {}
+    except (OSError, ValueError):  # missing or unreadable: the checks report it
+        metadata = {}
+    settings = {
+        "student": student if student is not None else metadata.get("network"),
+        "image_size": image_size if image_size is not None else metadata.get("image_size"),
+    }
+    if metadata and settings["student"] == metadata["network"]:  # its kwargs built the weights
+        settings["student_kwargs"] = metadata["network_kwargs"]
+    return {key: value for key, value in settings.items() if value is not None}
+
+
+# config keys of inference.json that problem lines start with -> the `mskd predict` flag to change instead
+_FLAGS = {
+    "input": "--input",
+    "ckpt_path": "--checkpoint",
+    "student": "--student",
+    "student_kwargs": "--student",
+    "image_size": "--image-size",
+    "num_classes": "--bundle",  # the class count is the bundle's task
+}
+# ... and those of them that default to the checkpoint's
+_FROM_CHECKPOINT = {key: _FLAGS[key] for key in ("student", "image_size")}
 
 
 def _as_flag(problem: str) -> str:

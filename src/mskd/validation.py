@@ -35,6 +35,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from numbers import Real
@@ -44,7 +45,9 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "AIR_HU",
     "DEBUG_ENV",
+    "SETTINGS",
     "DIRECTION_TOLERANCE",
     "SPACING_TOLERANCE_MM",
     "ValidationError",
@@ -61,7 +64,26 @@ __all__ = [
 DEBUG_ENV = "MSKD_DEBUG"  # set to 1: raise ValidationError with a traceback instead of exiting with status 2
 SPACING_TOLERANCE_MM = 1e-3  # image and label spacing and origin may differ by this much (mm)
 DIRECTION_TOLERANCE = 1e-4  # ... and their direction cosines by this much
+AIR_HU = -500.0  # a CT in Hounsfield units holds voxels at or below this (air is about -1000 HU)
 EXIT_STATUS = 2
+
+# run setting -> (kind, lowest value): "int" an integer, "number" a finite number above the lowest, "flag" true/false
+SETTINGS: dict[str, tuple[str, float]] = {
+    "max_epochs": ("int", 1),
+    "val_interval": ("int", 1),
+    "batch_size": ("int", 1),
+    "slices_per_volume": ("int", 1),
+    "val_slice_batch": ("int", 1),
+    "log_every": ("int", 1),
+    "checkpoint_every": ("int", 0),
+    "num_workers": ("int", 0),
+    "seed": ("int", 0),
+    "image_size": ("int", 8),
+    "learning_rate": ("number", 0.0),
+    "resume": ("flag", 0),
+    "augment": ("flag", 0),
+    "mlflow": ("flag", 0),
+}
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _MAX_LISTED = 8  # values or keys named in one line
@@ -228,21 +250,77 @@ def _affine_difference(image: np.ndarray, label: np.ndarray) -> str:
     return "; ".join(parts)
 
 
-def _case_problems(case: Mapping[str, Any], highest: int, labels: str) -> list[str]:
-    """Read one case's image and label once each and check them (readable, 3D, finite, same grid, label set)."""
+def _grid_problems(path: str, affine: np.ndarray | None) -> list[str]:
+    """A volume's affine must give a physical grid: finite, with every voxel spacing > 0 (not singular)."""
+    if affine is None or affine.shape != (4, 4):
+        return []
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    if not np.isfinite(affine).all() or spacing.min() <= 1e-6 or abs(np.linalg.det(affine[:3, :3])) <= 1e-9:
+        return [
+            f"{path}: the header's affine is singular or not finite (voxel spacing {np.round(spacing, 4).tolist()} "
+            "mm), so the volume has no physical grid; fix the header (qform/sform or DICOM geometry)"
+        ]
+    return []
+
+
+def _intensity_problems(path: str, array: np.ndarray, window: Sequence[float] | None) -> list[str]:
+    """The intensities must be what the protocol's window expects.
+
+    A window below 0 is in Hounsfield units: every body CT holds air (about -1000 HU) around or inside the body, so a
+    volume with no voxel at or below :data:`AIR_HU` is not a CT in HU (an MR, a uint8 export, a rescaled CT) and
+    would be segmented silently wrong. The window ``[0, 1]`` (TransUNet's preprocessed files) needs values in it.
+    """
+    if window is None or not array.size or array.dtype.kind not in "uif":
+        return []
+    low, high = float(np.min(array)), float(np.max(array))
+    if window[0] < 0 and low > AIR_HU:
+        return [
+            f"{path}: intensities span [{low:g}, {high:g}] ({array.dtype}), with no air below {AIR_HU:g} HU: not a "
+            "CT in Hounsfield units (an MR or a rescaled export?); the models are trained on HU"
+        ]
+    if list(window) == [0.0, 1.0] and (low < -1e-3 or high > 1 + 1e-3):
+        return [
+            f"{path}: intensities span [{low:g}, {high:g}], outside [0, 1]: this format holds CT already windowed "
+            "and scaled to [0, 1] (TransUNet's preprocessing); use data_format msd or btcv for CT in HU"
+        ]
+    return []
+
+
+def _protocol_window(data_format: str | None, task: str | None) -> list[float] | None:
+    """The intensity window of ``data_format`` and ``task``; ``None`` (no intensity check) when either is unknown
+    (the unknown one is reported by its own check)."""
+    from mskd.data import intensity_window
+
+    if data_format is None or task is None:
+        return None
+    try:
+        return intensity_window(data_format, task)
+    except ValueError:
+        return None
+
+
+def _case_problems(
+    case: Mapping[str, Any], highest: int, labels: str, window: Sequence[float] | None
+) -> tuple[list[str], set[int]]:
+    """Read one case's image and label once each and check them (readable, 3D, finite, physical grid, CT
+    intensities, same grid, label set); returns the problems and the label values present."""
     image_path, label_path = case["image"], case.get("label")
     image, image_affine, problem = _read_volume(image_path, "image")
     problems = [problem] if problem else []
     if image is not None:
         problems += _image_problems(_name(image_path), image)
+        problems += _grid_problems(_name(image_path), image_affine)
+        problems += _intensity_problems(_name(image_path), image, window)
     if label_path is None:
-        return problems
+        return problems, set()
     label, label_affine, problem = _read_volume(label_path, "label")
     if problem:
-        return [*problems, problem]
+        return [*problems, problem], set()
     label_name = _name(label_path)
     problems += _image_problems(label_name, label, "label", finite=False)  # non-finite labels: next line
-    problems += _label_value_problems(label_name, label, highest, labels)
+    value_problems = _label_value_problems(label_name, label, highest, labels)
+    problems += value_problems
+    present = set() if value_problems else {int(v) for v in np.flatnonzero(np.bincount(label.astype(np.int64).ravel()))}
     if image is not None:
         image_shape, label_shape = tuple(_spatial(image).shape), tuple(_spatial(label).shape)
         if image_shape != label_shape:
@@ -251,7 +329,7 @@ def _case_problems(case: Mapping[str, Any], highest: int, labels: str) -> list[s
             )
         elif difference := _affine_difference(image_affine, label_affine):
             problems.append(f"{label_name}: affine differs from its image's {_name(image_path)} ({difference})")
-    return problems
+    return problems, present
 
 
 def _name(path: str | Sequence[str]) -> str:
@@ -261,13 +339,12 @@ def _name(path: str | Sequence[str]) -> str:
     return f"{path[0]} (+{len(path) - 1} more slices)" if len(path) > 1 else path[0]
 
 
-def _map_cases(function, cases: Sequence[Any], *args: Any) -> list[str]:
-    """``function(case, *args)`` over every case (threads: reading and decompressing release the GIL), in order."""
+def _map_cases(function, cases: Sequence[Any], *args: Any) -> list[Any]:
+    """``[function(case, *args) for case in cases]`` (threads: reading and decompressing release the GIL)."""
     if len(cases) <= 1:
-        return [p for case in cases for p in function(case, *args)]
+        return [function(case, *args) for case in cases]
     with ThreadPoolExecutor(max_workers=min(8, len(cases), os.cpu_count() or 1)) as pool:
-        results = list(pool.map(lambda case: function(case, *args), cases))
-    return [p for problems in results for p in problems]
+        return list(pool.map(lambda case: function(case, *args), cases))
 
 
 # --- datasets -----------------------------------------------------------------------------------------------------
@@ -337,6 +414,7 @@ def dataset_problems(
     split: str = "training",
     num_classes: int = 9,
     num_val_cases: int | None = None,
+    window: Sequence[float] | None = None,
 ) -> list[str]:
     """Everything wrong with the ``split`` cases of a dataset (every case is read once).
 
@@ -349,6 +427,8 @@ def dataset_problems(
             (raw BTCV in its own 0..13, remapped when loaded).
         num_val_cases: validation cases split off the training cases; when given there must be at least one more
             case.
+        window: the protocol's intensity window (``hu_window``); the images' intensities are checked against it
+            (HU with air for a window below 0, values in ``[0, 1]`` for ``[0, 1]``); ``None`` skips that check.
 
     Returns:
         one line per problem (empty when the dataset is usable).
@@ -378,12 +458,72 @@ def dataset_problems(
             f"num_val_cases: {num_val_cases} validation case(s) of the {len(cases)} '{split}' cases of {root} leave "
             f"{max(len(cases) - num_val_cases, 0)} to train on; it must be in [1, {len(cases) - 1}]"
         )
+    if not problems:
+        problems += _repeated_case_problems(root, data_format, split, cases)
     if data_format == "btcv":
         highest, labels = max(BTCV_LABELS), f"BTCV's labels 0..{max(BTCV_LABELS)}"
     else:
         highest, labels = num_classes - 1, f"the task's labels 0..{num_classes - 1} (num_classes {num_classes})"
+    reports = _map_cases(_case_problems, cases, highest, labels, window)
+    for found, _ in reports:
+        problems += found
+    if cases and len(reports) == len(cases) and not problems:
+        problems += _label_coverage_problems(root, split, [present for _, present in reports], highest)
     # the TransUNet formats hold image and label in the same files: a broken file is reported once
-    return list(dict.fromkeys(problems + _map_cases(_case_problems, cases, highest, labels)))
+    return list(dict.fromkeys(problems))
+
+
+def _files_of(case: Mapping[str, Any]) -> tuple[str, ...]:
+    image = case["image"]
+    return (image,) if isinstance(image, str) else tuple(image)
+
+
+def _repeated_case_problems(root: Path, data_format: str, split: str, cases: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A case listed twice, or in both the training and the test lists, leaks: with ``num_val_cases`` the copy can
+    land in the validation split (best-model choice on training data), and a test case trained on scores too high."""
+    problems, first = [], {}
+    for i, case in enumerate(cases):
+        for file in _files_of(case):
+            resolved = os.path.realpath(file)
+            if resolved in first and first[resolved] != i:
+                problems.append(
+                    f"{root}: '{split}' cases {first[resolved]} and {i} are the same image {file}; a case listed "
+                    "twice can be trained on and validated on (a leak); list each case once"
+                )
+            first.setdefault(resolved, i)
+    if split == "training" and data_format in ("msd", "phantom"):
+        from mskd.data.datalist import msd_datalist
+
+        try:
+            test = msd_datalist(root, "test")
+        except (OSError, ValueError, KeyError):  # no test list: nothing to compare
+            test = []
+        shared = sorted({os.path.realpath(f) for case in test for f in _files_of(case)} & set(first))
+        if shared:
+            problems.append(
+                f"{root}/dataset.json: {len(shared)} 'test' case(s) are also 'training' cases ({_listed(shared)}); "
+                "test cases must never be trained on"
+            )
+    return problems
+
+
+def _label_coverage_problems(root: Path, split: str, present: Sequence[set[int]], highest: int) -> list[str]:
+    """Labels that hold only background cannot train (every Dice is 0 or undefined, and a 0-Dice model would be saved
+    as the best); a class present in no label of the split is warned about (its Dice is never measured)."""
+    if split != "training":
+        return []
+    seen = set().union(*present)
+    if not seen - {0}:
+        return [
+            f"{root}: every label of the {len(present)} '{split}' cases is background only (all 0); nothing to learn "
+            "(are the label files the images' segmentations?)"
+        ]
+    missing = sorted(set(range(1, highest + 1)) - seen)
+    if missing:
+        warnings.warn(
+            f"{root}: class(es) {missing} appear in no '{split}' label; the model cannot learn them", stacklevel=3
+        )
+    return []
 
 
 # --- networks, losses, checkpoints --------------------------------------------------------------------------------
@@ -466,14 +606,25 @@ def _other_class_count(network, state: Mapping[str, Any], num_classes: int) -> i
 
 
 def _checkpoint_problems(
-    key: str, path: Any, role: str, name: str, kwargs: Any, network: Any, num_classes: int
+    key: str,
+    path: Any,
+    role: str,
+    name: str,
+    kwargs: Any,
+    network: Any,
+    num_classes: int,
+    expected: Mapping[str, Any] | None = None,
+    flags: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """The checkpoint at ``path`` exists, reads and fits ``network`` (the registered ``name``)."""
-    from mskd.networks import read_state_dict, state_dict_mismatch
+    """The checkpoint at ``path`` exists, reads and fits ``network`` (the registered ``name``); a self-describing one
+    was trained as ``name`` with ``kwargs``, for ``num_classes``, and with the ``expected`` settings (metadata key ->
+    the run's value: ``image_size``, ``run_name``). ``flags``: see :func:`mskd.networks.metadata_mismatch`."""
+    from mskd.io import UnsafeCheckpointError
+    from mskd.networks import metadata_mismatch, read_checkpoint, state_dict_mismatch
 
     try:
-        state = read_state_dict(path, role, mmap=True)
-    except FileNotFoundError as e:
+        state, metadata = read_checkpoint(path, role, mmap=True)
+    except (FileNotFoundError, UnsafeCheckpointError) as e:  # their messages name the file and the fix
         return [f"{key}: {_one_line(e)}"]
     except (OSError, ValueError) as e:
         cause = e.__cause__
@@ -483,6 +634,10 @@ def _checkpoint_problems(
         return [
             f"{key}: {role} checkpoint {path} is not a readable PyTorch checkpoint ({type(cause).__name__}: {first})"
         ]
+    run = {"network": name, "network_kwargs": dict(kwargs or {}), "num_classes": num_classes, **(expected or {})}
+    mismatch = metadata_mismatch(path, role, metadata, run, flags)
+    if mismatch:  # the weights would not fit either: the metadata says why
+        return mismatch
     details = state_dict_mismatch(network, state)
     if not details:
         return []
@@ -494,6 +649,75 @@ def _checkpoint_problems(
             f"(num_classes); {hint}"
         ]
     return [f"{key}: {role} checkpoint {path} does not fit {name} (written for another network?): {details}"]
+
+
+def _setting_problems(settings: Mapping[str, Any]) -> list[str]:
+    """Each run setting has the type and range :data:`SETTINGS` gives it (a command line passes ``two`` as easily
+    as ``2``; the engine would fail on it only at its first epoch, after the run was opened)."""
+    from mskd.engines import as_flag
+
+    problems = []
+    for key, value in settings.items():
+        kind, lowest = SETTINGS[key]
+        if kind == "flag":
+            try:
+                as_flag(value, key)
+            except ValueError:
+                problems.append(f"{key}: must be true or false, got {value!r}")
+        elif kind == "int" and (isinstance(value, bool) or not isinstance(value, int) or value < lowest):
+            problems.append(f"{key}: must be an integer >= {int(lowest)}, got {value!r}")
+        elif kind == "number" and (
+            isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value <= lowest
+        ):
+            problems.append(f"{key}: must be a finite number > {lowest:g}, got {value!r}")
+    return problems
+
+
+def _output_problems(folders: Mapping[str, Any]) -> list[str]:
+    """Each output folder is a folder (or can be created) and is writable, checked before anything is written."""
+    problems = []
+    for key, folder in folders.items():
+        if folder is None:
+            continue
+        path = Path(folder)
+        if path.exists() and not path.is_dir():
+            problems.append(f"{key}: {path} is a file, not a folder; give a folder (it is created if missing)")
+            continue
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            what = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
+            problems.append(f"{key}: {path} {what}; choose another folder or fix its permissions")
+    return problems
+
+
+def _size_problems(key: str, name: str, network: Any, image_size: int) -> list[str]:
+    """``network`` takes ``image_size`` x ``image_size`` slices and returns logits of that size (a forward on the
+    meta device when the network was built there: no memory, no compute); otherwise the nearest sizes that work."""
+    import torch
+
+    def output_size(size: int) -> tuple[int, ...] | None:
+        device = next((p.device for p in network.parameters()), torch.device("cpu"))
+        with torch.no_grad():
+            try:
+                return tuple(network.eval()(torch.zeros(1, 1, size, size, device=device)).shape[2:])
+            except NotImplementedError:  # an operator without a meta kernel: the size cannot be told here
+                return (size, size)
+            except Exception:  # any shape error of any layer: the size does not fit
+                return None
+
+    got = output_size(image_size)
+    if got == (image_size, image_size):
+        return []
+    # every size on the meta device; multiples of 8 for a network built for real (a forward costs compute)
+    step = 1 if next((p.is_meta for p in network.parameters()), True) else 8
+    below = range(image_size - 1, 7, -1) if step == 1 else range(image_size // 8 * 8, 7, -8)
+    lower = next((s for s in below if s != image_size and output_size(s) == (s, s)), None)
+    above = range(image_size + 1, image_size + 65) if step == 1 else range(image_size // 8 * 8 + 8, image_size + 65, 8)
+    upper = next((s for s in above if output_size(s) == (s, s)), None)
+    nearest = " or ".join(str(s) for s in (lower, upper) if s is not None) or "none within 64"
+    what = "fails on" if got is None else f"returns {got[0]}x{got[1]} logits for"
+    size = f"{image_size}x{image_size}"
+    return [f"image_size: the {key} network {name} {what} {size} slices; nearest sizes it takes: {nearest}"]
 
 
 # --- the two entry points -----------------------------------------------------------------------------------------
@@ -517,8 +741,13 @@ def training_problems(
     teacher_outputs: str | None = None,
     augment: Any = None,
     teacher_cache_gib: Any = None,
+    settings: Mapping[str, Any] | None = None,
+    output_dirs: Mapping[str, Any] | None = None,
+    task: str | None = None,
+    run_name: str | None = None,
 ) -> list[str]:
-    """Everything wrong with a training (or evaluation) run's data, networks, losses and checkpoints.
+    """Everything wrong with a training (or evaluation) run's settings, outputs, data, networks, losses and
+    checkpoints.
 
     Args:
         dataset_dir, data_format, num_classes, split, num_val_cases: the data (see :func:`dataset_problems`).
@@ -533,11 +762,19 @@ def training_problems(
             :func:`mskd.engines.resolve_teacher_outputs`), checked against ``augment``.
         augment: the random augmentation switch (checked with ``teacher_outputs``).
         teacher_cache_gib: the teacher cache's budget in GiB (distillation only); a number > 0.
+        settings: config key -> value of the run settings in :data:`SETTINGS` (type and range each); with
+            ``image_size``, every network built must take slices of that size and return logits of that size.
+        output_dirs: config key -> folder the run writes to; each must be a folder (or creatable) and writable.
+        task: ``"synapse"`` or ``"kits"``: the images' intensities are checked against the protocol's window of
+            ``data_format`` and ``task`` (see :func:`dataset_problems`); ``None`` skips that check.
+        run_name: the run whose model is evaluated; a self-describing ``ckpt_path`` must have been written by it
+            (a self-describing teacher or evaluated checkpoint must also have been trained at ``image_size``).
 
     Returns:
         one line per problem (empty when the run can start).
     """
-    problems = []
+    settings = dict(settings or {})
+    problems = _setting_problems(settings) + _output_problems(output_dirs or {})
     if role not in ("teacher", "student"):
         problems.append(f"role: must be 'teacher' or 'student', got {role!r}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
@@ -565,12 +802,18 @@ def training_problems(
         problems.append(f"teacher_cache_gib: must be a number > 0 (GiB), got {teacher_cache_gib!r}")
     if distill_stages is not None:
         problems += _stage_problems(distill_stages, networks)
+    size = settings.get("image_size")
+    if size is not None and not _setting_problems({"image_size": size}):
+        for key, (name, network) in networks.items():
+            problems += [] if network is None else _size_problems(key, name, network, size)
     for key, path, which in (("teacher_ckpt", teacher_ckpt, "teacher"), ("ckpt_path", ckpt_path, role)):
         name, network = networks.get(which, (None, None))
         if path is not None and network is not None:
             kwargs = teacher_kwargs if which == "teacher" else student_kwargs
-            problems += _checkpoint_problems(key, path, which, name, kwargs, network, num_classes)
-    return problems + dataset_problems(dataset_dir, data_format, split, num_classes, num_val_cases)
+            expected = {"image_size": settings.get("image_size"), "run_name": run_name if key == "ckpt_path" else None}
+            problems += _checkpoint_problems(key, path, which, name, kwargs, network, num_classes, expected)
+    window = _protocol_window(data_format, task)
+    return problems + dataset_problems(dataset_dir, data_format, split, num_classes, num_val_cases, window)
 
 
 def check_training(**kwargs: Any) -> None:
@@ -581,11 +824,32 @@ def check_training(**kwargs: Any) -> None:
     report_problems(training_problems(**kwargs))
 
 
-def _input_problems(case: Mapping[str, Any]) -> list[str]:
-    array, _, problem = _read_volume(case["image"])
+def _modality_problems(folder: str) -> list[str]:
+    """A DICOM series must be CT (its Modality tag), the only modality the models have seen."""
+    import pydicom
+
+    for file in sorted(Path(folder).iterdir()):
+        try:
+            header = pydicom.dcmread(file, stop_before_pixels=True)
+        except Exception:  # not a DICOM file (a DICOMDIR, a note): the next one
+            continue
+        modality = str(header.get("Modality", "") or "")
+        if modality and modality != "CT":
+            return [f"{folder}: DICOM Modality is {modality!r}; the models segment CT only"]
+        return []
+    return []
+
+
+def _input_problems(case: Mapping[str, Any], window: Sequence[float] | None) -> list[str]:
+    """One inference input: a DICOM series of CT, readable, 3D, finite, on a physical grid, in HU."""
+    path = case["image"]
+    problems = _modality_problems(path) if os.path.isdir(path) else []
+    if problems:
+        return problems
+    array, affine, problem = _read_volume(path)
     if problem:
         return [problem]
-    return _image_problems(case["image"], array)
+    return _image_problems(path, array) + _grid_problems(path, affine) + _intensity_problems(path, array, window)
 
 
 def inference_problems(
@@ -594,6 +858,9 @@ def inference_problems(
     student: str = "tiny_unet",
     student_kwargs: Mapping[str, Any] | None = None,
     num_classes: int = 9,
+    task: str | None = None,
+    image_size: int | None = None,
+    flags: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Everything wrong with an inference run's input and student.
 
@@ -603,6 +870,12 @@ def inference_problems(
         student: the student's registered name.
         student_kwargs: its constructor arguments.
         num_classes: the task's class count.
+        task: ``"synapse"`` or ``"kits"``: the inputs' intensities are checked against the protocol's window (see
+            :func:`dataset_problems`); ``None`` skips that check.
+        image_size: the slice size inference runs at; a self-describing checkpoint must have been trained at it.
+        flags: the command-line flags of a caller that takes ``student`` and ``image_size`` from the checkpoint
+            unless given (``mskd predict``), for the fixes the messages suggest (see
+            :func:`mskd.networks.metadata_mismatch`).
 
     Returns:
         one line per problem (empty when inference can start).
@@ -616,14 +889,15 @@ def inference_problems(
     except (OSError, ValueError) as e:
         problems.append(f"input: {_one_line(e)}")
         cases, data_format = [], None
-    if data_format == "nifti":
-        problems += _map_cases(_input_problems, cases)
+    window = _protocol_window(data_format, task)
+    problems += [p for found in _map_cases(_input_problems, cases, window) for p in found]
     found, network = _network_problems("student", student, student_kwargs, num_classes, build=True)
     problems += found
     if network is not None:
         problems += _checkpoint_problems(
-            "ckpt_path", ckpt_path, "student", student, student_kwargs, network, num_classes
-        )
+            "ckpt_path", ckpt_path, "student", student, student_kwargs, network, num_classes,
+            expected={"image_size": image_size}, flags=flags,
+        )  # fmt: skip
     return problems
 
 

@@ -144,6 +144,73 @@ def _two_broken_files(ws: Workspace) -> None:
     _edit(ws.label(1), lambda array, affine: (np.where(array == 1, 12, array).astype(np.uint8), affine))
 
 
+def _singular(path: Path) -> None:
+    """Rewrite ``path`` with an sform whose slice axis has no length (nibabel cannot write it as a qform)."""
+    image = nib.load(path)
+    affine = image.affine.copy()
+    affine[:3, 2] = 0.0
+    singular = nib.Nifti1Image(np.asanyarray(image.dataobj), None)
+    singular.set_sform(affine, code=1)
+    nib.save(singular, path)
+
+
+def _as_uint8(array, affine):
+    return np.clip(array + 1024, 0, 255).astype(np.uint8), affine
+
+
+def _mr_like(array, affine):
+    return (np.clip(array, -1024, None) + 1024).astype(np.float32) * 0.5, affine  # positive, MR-like intensities
+
+
+def _flipped(array, affine):
+    return array[::-1].copy(), affine @ np.array(
+        [[-1, 0, 0, array.shape[0] - 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+    )
+
+
+def _scaled(array, affine):
+    affine[:3, :3] *= 1.5
+    return array, affine
+
+
+def _every_label_empty(ws: Workspace) -> None:
+    for case in (0, 1):
+        _edit(ws.label(case), lambda array, affine: (np.zeros_like(array), affine))
+
+
+def _each_training_case_twice(ws: Workspace) -> None:
+    _dataset_json(ws, lambda c: {**c, "training": c["training"] * 2})
+
+
+def _test_case_in_training(ws: Workspace) -> None:
+    _dataset_json(ws, lambda c: {**c, "training": [*c["training"], *c["test"]]})
+
+
+def _mr_dicom(ws: Workspace) -> dict:
+    import pydicom
+
+    volume = np.full((4, 16, 16), -1000, dtype=np.int16)
+    for file in write_dicom_series(ws.root / "dicom", volume):
+        header = pydicom.dcmread(file)
+        header.Modality = "MR"
+        header.save_as(file)
+    return {"input": str(ws.root / "dicom")}
+
+
+def _input_edited(change) -> Callable[[Workspace], dict]:
+    def breaker(ws: Workspace) -> dict:
+        shutil.copy(ws.image(2), ws.root / "ct.nii.gz")
+        _edit(ws.root / "ct.nii.gz", change)
+        return {"input": str(ws.root / "ct.nii.gz")}
+
+    return breaker
+
+
+def _a_file(ws: Workspace, name: str) -> Path:
+    (ws.root / name).write_text("not a folder")
+    return ws.root / name
+
+
 # (id, stack, break it (returns extra overrides or None), phrases that must appear; {image}, {label}, {data},
 # {root} name the files of the case)
 CASES = [
@@ -260,7 +327,7 @@ CASES = [
         "missing_student_checkpoint_to_evaluate",
         EVALUATE,
         lambda ws: None,
-        ["ckpt_path: student checkpoint not found: {root}/models/model.pt"],
+        ["ckpt_path: student checkpoint not found: {root}/models/tiny_unet_from_unet-mskd-s0.pt"],
     ),
     ("dicom_folder_with_two_series", INFERENCE, _two_series, ["input: {root}/dicom holds 2 DICOM series"]),
     ("inference_input_not_nifti", INFERENCE, _bad_input_file, ["{root}/ct.nii.gz: not a NIfTI file"]),
@@ -270,6 +337,328 @@ CASES = [
         INFERENCE,
         lambda ws: {"ckpt_path": str(ws.ckpt("unet9.pt"))},
         ["ckpt_path: student checkpoint {base}/ckpt/unet9.pt does not fit tiny_unet"],
+    ),
+    (
+        "max_epochs_not_an_integer",
+        TEACHER,
+        lambda ws: {"max_epochs": "two"},
+        ["max_epochs: must be an integer >= 1, got 'two'"],
+    ),
+    ("max_epochs_out_of_range", TEACHER, lambda ws: {"max_epochs": 0}, ["max_epochs: must be an integer >= 1, got 0"]),
+    ("batch_size_out_of_range", TEACHER, lambda ws: {"batch_size": 0}, ["batch_size: must be an integer >= 1, got 0"]),
+    (
+        "batch_size_not_an_integer",
+        TEACHER,
+        lambda ws: {"batch_size": 2.5},
+        ["batch_size: must be an integer >= 1, got 2.5"],
+    ),
+    (
+        "slices_per_volume_out_of_range",
+        TEACHER,
+        lambda ws: {"slices_per_volume": 0},
+        ["slices_per_volume: must be an integer >= 1, got 0"],
+    ),
+    (
+        "val_interval_out_of_range",
+        TEACHER,
+        lambda ws: {"val_interval": 0},
+        ["val_interval: must be an integer >= 1, got 0"],
+    ),
+    (
+        "checkpoint_every_out_of_range",
+        TEACHER,
+        lambda ws: {"checkpoint_every": -1},
+        ["checkpoint_every: must be an integer >= 0, got -1"],
+    ),
+    (
+        "num_workers_out_of_range",
+        TEACHER,
+        lambda ws: {"num_workers": -1},
+        ["num_workers: must be an integer >= 0, got -1"],
+    ),
+    ("seed_out_of_range", TEACHER, lambda ws: {"seed": -1}, ["seed: must be an integer >= 0, got -1"]),
+    ("log_every_out_of_range", TEACHER, lambda ws: {"log_every": 0}, ["log_every: must be an integer >= 1, got 0"]),
+    (
+        "val_slice_batch_out_of_range",
+        TEACHER,
+        lambda ws: {"val_slice_batch": 0},
+        ["val_slice_batch: must be an integer >= 1, got 0"],
+    ),
+    ("image_size_out_of_range", TEACHER, lambda ws: {"image_size": 4}, ["image_size: must be an integer >= 8, got 4"]),
+    (
+        "negative_learning_rate",
+        TEACHER,
+        lambda ws: {"learning_rate": -0.1},
+        ["learning_rate: must be a finite number > 0, got -0.1"],
+    ),
+    (
+        "nan_learning_rate",
+        TEACHER,
+        lambda ws: {"learning_rate": float("nan")},
+        ["learning_rate: must be a finite number > 0, got nan"],
+    ),
+    (
+        "learning_rate_not_a_number",
+        TEACHER,
+        lambda ws: {"learning_rate": "fast"},
+        ["learning_rate: must be a finite number > 0, got 'fast'"],
+    ),
+    ("resume_not_a_flag", TEACHER, lambda ws: {"resume": "maybe"}, ["resume: must be true or false, got 'maybe'"]),
+    (
+        "augment_not_a_flag",
+        TEACHER,
+        lambda ws: {"augment": "sometimes"},
+        ["augment: must be true or false, got 'sometimes'"],
+    ),
+    ("mlflow_not_a_flag", TEACHER, lambda ws: {"mlflow": "perhaps"}, ["mlflow: must be true or false, got 'perhaps'"]),
+    (
+        "image_size_the_teacher_cannot_take",
+        TEACHER,
+        lambda ws: {"image_size": 30},
+        ["image_size: the teacher network unet fails on 30x30 slices; nearest sizes it takes: 24 or 32"],
+    ),
+    (
+        "image_size_the_student_cannot_take",
+        STUDENT,
+        lambda ws: {"image_size": 30},
+        ["image_size: the student network tiny_unet fails on 30x30 slices; nearest sizes it takes: 24 or 32"],
+    ),
+    (
+        "image_size_enet_cannot_take",
+        STUDENT,
+        lambda ws: {"student": "enet", "image_size": 50},
+        ["image_size: the student network enet fails on 50x50 slices; nearest sizes it takes: 48 or 56"],
+    ),
+    (
+        "output_dir_is_a_file",
+        TEACHER,
+        lambda ws: {"output_dir": str(_a_file(ws, "out.txt"))},
+        ["output_dir: {root}/out.txt is a file, not a folder"],
+    ),
+    (
+        "ckpt_dir_is_a_file",
+        TEACHER,
+        lambda ws: {"ckpt_dir": str(_a_file(ws, "models.txt"))},
+        ["ckpt_dir: {root}/models.txt is a file, not a folder"],
+    ),
+    (
+        "singular_affine",
+        TEACHER,
+        lambda ws: [_singular(p) for p in (ws.image(0), ws.label(0))] and None,
+        ["{image}: the header's affine is singular or not finite"],
+    ),
+    (
+        "uint8_image",
+        TEACHER,
+        lambda ws: _edit(ws.image(0), _as_uint8),
+        ["{image}: intensities span [0, 255] (uint8), with no air below -500 HU: not a CT in Hounsfield units"],
+    ),
+    (
+        "mr_like_intensities",
+        TEACHER,
+        lambda ws: _edit(ws.image(1), _mr_like),
+        ["{image1}: intensities span [0, ", "not a CT in Hounsfield units"],
+    ),
+    (
+        "every_label_empty",
+        TEACHER,
+        _every_label_empty,
+        ["{data}: every label of the 2 'training' cases is background only (all 0); nothing to learn"],
+    ),
+    (
+        "training_cases_listed_twice",
+        TEACHER,
+        _each_training_case_twice,
+        ["{data}: 'training' cases 0 and 2 are the same image", "(a leak)"],
+    ),
+    (
+        "test_case_also_in_training",
+        TEACHER,
+        _test_case_in_training,
+        ["{data}/dataset.json: 1 'test' case(s) are also 'training' cases", "must never be trained on"],
+    ),
+    (
+        "label_spacing_differs",
+        TEACHER,
+        lambda ws: _edit(ws.label(0), _scaled),
+        ["{label}: affine differs from its image's {image} (label spacing"],
+    ),
+    (
+        "label_direction_differs",
+        TEACHER,
+        lambda ws: _edit(ws.label(1), _flipped),
+        ["{label1}: affine differs from its image's {image1}", "direction cosines differ"],
+    ),
+    (
+        "non_integer_label_values",
+        TEACHER,
+        lambda ws: _edit(ws.label(0), lambda array, affine: (array.astype(np.float32) + 0.5, affine)),
+        ["{label}: non-integer label values [0.5, 1.5"],
+    ),
+    (
+        "negative_label_values",
+        TEACHER,
+        lambda ws: _edit(ws.label(0), lambda array, affine: (np.where(array == 1, -1, array.astype(np.int16)), affine)),
+        ["{label}: label values [-1] outside the task's labels 0..8"],
+    ),
+    (
+        "nan_label",
+        TEACHER,
+        lambda ws: _edit(ws.label(1), _with_voxel(np.nan)),
+        ["{label1}: 1 NaN or infinite voxel(s) in the label"],
+    ),
+    (
+        "image_4d",
+        TEACHER,
+        lambda ws: _edit(ws.image(0), lambda array, affine: (np.stack([array, array], -1), affine)),
+        ["{image}: image is 4D, shape (32, 32, 16, 2); a 3D volume is expected"],
+    ),
+    (
+        "dataset_dir_missing",
+        TEACHER,
+        lambda ws: {"dataset_dir": str(ws.root / "nowhere")},
+        ["dataset_dir: dataset folder not found: {root}/nowhere"],
+    ),
+    (
+        "dataset_dir_is_a_file",
+        TEACHER,
+        lambda ws: {"dataset_dir": str(_a_file(ws, "data.txt"))},
+        ["dataset_dir: {root}/data.txt is a file, not a dataset folder"],
+    ),
+    ("unknown_data_format", TEACHER, lambda ws: {"data_format": "nifty"}, ["data_format: unknown data format 'nifty'"]),
+    (
+        "dataset_json_is_a_list",
+        TEACHER,
+        lambda ws: _dataset_json(ws, lambda c: c["training"]),
+        ["{data}/dataset.json: holds a JSON list, not an object with a 'training' list"],
+    ),
+    (
+        "dataset_json_empty_training_list",
+        TEACHER,
+        lambda ws: _dataset_json(ws, lambda c: {**c, "training": []}),
+        ["{data}/dataset.json: the 'training' list is empty or not a list"],
+    ),
+    (
+        "dataset_json_entry_not_an_object",
+        TEACHER,
+        lambda ws: _dataset_json(ws, lambda c: {**c, "training": [*c["training"], "case.nii.gz"]}),
+        ["{data}/dataset.json: training[2] is a str, not an {'image': ..., 'label': ...} object"],
+    ),
+    (
+        "dataset_json_entry_without_label",
+        TEACHER,
+        lambda ws: _dataset_json(
+            ws, lambda c: {**c, "training": [*c["training"], {"image": c["training"][0]["image"]}]}
+        ),
+        ["{data}/dataset.json: training[2] has no 'label' file name"],
+    ),
+    ("btcv_format_on_an_msd_folder", TEACHER, lambda ws: {"data_format": "btcv"}, ["dataset_dir: "]),
+    (
+        "no_validation_case",
+        TEACHER,
+        lambda ws: {"num_val_cases": 0},
+        ["num_val_cases: 0 validation case(s) of the 2 'training' cases"],
+    ),
+    (
+        "network_kwargs_not_a_mapping",
+        TEACHER,
+        lambda ws: {"teacher_kwargs": [4, 8]},
+        ["teacher_kwargs: must be a mapping of constructor arguments, got [4, 8]"],
+    ),
+    (
+        "distill_stages_empty",
+        DISTILL,
+        lambda ws: {"distill_stages": []},
+        ["distill_stages: must be a non-empty list of tap names, got []"],
+    ),
+    (
+        "distill_stages_a_string",
+        DISTILL,
+        lambda ws: {"distill_stages": "low"},
+        ["distill_stages: must be a non-empty list of tap names, got 'low'"],
+    ),
+    (
+        "cached_teacher_with_augmentation",
+        DISTILL,
+        lambda ws: {"teacher_outputs": "cached", "augment": True},
+        ["teacher_outputs"],
+    ),
+    ("unknown_teacher_outputs_mode", DISTILL, lambda ws: {"teacher_outputs": "sometimes"}, ["teacher_outputs"]),
+    (
+        "teacher_cache_of_zero_bytes",
+        DISTILL,
+        lambda ws: {"teacher_cache_gib": 0},
+        ["teacher_cache_gib: must be a number > 0 (GiB), got 0"],
+    ),
+    (
+        "nan_loss_weight",
+        DISTILL,
+        lambda ws: {"cwd_weight": float("nan")},
+        ["cwd_weight: loss weight must be a finite number >= 0, got nan"],
+    ),
+    (
+        "loss_weight_not_a_number",
+        DISTILL,
+        lambda ws: {"kd_weight": "high"},
+        ["kd_weight: loss weight must be a finite number >= 0, got 'high'"],
+    ),
+    (
+        "evaluated_checkpoint_of_another_network",
+        EVALUATE,
+        lambda ws: {"ckpt_path": str(ws.ckpt("unet9.pt"))},
+        ["ckpt_path: student checkpoint {base}/ckpt/unet9.pt does not fit tiny_unet"],
+    ),
+    (
+        "corrupt_checkpoint_to_evaluate",
+        EVALUATE,
+        lambda ws: _random_bytes(ws.root / "s.pt") or {"ckpt_path": str(ws.root / "s.pt")},
+        ["ckpt_path: student checkpoint {root}/s.pt is not a readable PyTorch checkpoint"],
+    ),
+    (
+        "inference_input_missing",
+        INFERENCE,
+        lambda ws: {"input": str(ws.root / "nowhere.nii.gz")},
+        ["input: inference input not found: {root}/nowhere.nii.gz"],
+    ),
+    (
+        "inference_folder_without_images",
+        INFERENCE,
+        lambda ws: (
+            (ws.root / "notes").mkdir()
+            or (ws.root / "notes" / "a.txt").write_text("x")
+            and {"input": str(ws.root / "notes")}
+        ),
+        ["input: no .nii/.nii.gz file and no DICOM series in {root}/notes"],
+    ),
+    (
+        "inference_input_2d",
+        INFERENCE,
+        _input_edited(lambda array, affine: (array[:, :, 8], affine)),
+        ["{root}/ct.nii.gz: image is 2D, shape (32, 32); a 3D volume is expected"],
+    ),
+    (
+        "inference_input_mr_like",
+        INFERENCE,
+        _input_edited(_mr_like),
+        ["{root}/ct.nii.gz: intensities span [0, ", "not a CT in Hounsfield units"],
+    ),
+    (
+        "inference_input_singular_affine",
+        INFERENCE,
+        lambda ws: _singular(shutil.copy(ws.image(2), ws.root / "ct.nii.gz")) or {"input": str(ws.root / "ct.nii.gz")},
+        ["{root}/ct.nii.gz: the header's affine is singular or not finite"],
+    ),
+    (
+        "inference_dicom_of_mr",
+        INFERENCE,
+        _mr_dicom,
+        ["{root}/dicom: DICOM Modality is 'MR'; the models segment CT only"],
+    ),
+    (
+        "inference_checkpoint_missing",
+        INFERENCE,
+        lambda ws: {"ckpt_path": str(ws.root / "none.pt")},
+        ["ckpt_path: student checkpoint not found: {root}/none.pt"],
     ),
     (
         "two_broken_files",
@@ -344,8 +733,8 @@ def test_bad_input_is_refused_before_anything_runs(case_id, tmp_path, base, caps
     _assert_nothing_written(ws)
 
 
-def test_cases_cover_at_least_15_kinds():
-    assert len({c[0] for c in CASES}) == len(CASES) >= 15
+def test_cases_cover_at_least_75_kinds():
+    assert len({c[0] for c in CASES}) == len(CASES) >= 75
 
 
 def test_a_user_typed_command_exits_non_zero_without_traceback(tmp_path, base, monkeypatch):

@@ -81,6 +81,8 @@ def test_kits_model_zoo_checks_verify_net_in_out_and_ckpt_export(kits_runs, tmp_
         str(ts),
         "--ckpt_file",
         str(kits_runs / "models" / "model.pt"),
+        "--key_in_ckpt",
+        "model",
         *common,
     )
     scripted = torch.jit.load(str(ts))

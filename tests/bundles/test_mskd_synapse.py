@@ -59,7 +59,7 @@ def test_teacher_and_distillation_runs_are_tracked(trained):
     assert len(history) >= 1 and all(np.isfinite(m.value) for m in history)
 
     artifacts = {a.path for a in client.list_artifacts(student.info.run_id)}
-    assert {"model.pt", "tiny_unet_from_unet-mskd-s0.config.json"} <= artifacts
+    assert {"tiny_unet_from_unet-mskd-s0.pt", "tiny_unet_from_unet-mskd-s0.config.json"} <= artifacts
     executed = json.loads(Path(root / "output" / "tiny_unet_from_unet-mskd-s0.config.json").read_text())
     assert executed["max_epochs"] == 1 and executed["method"] == "mskd"  # overrides and the stacked file applied
 
@@ -212,6 +212,7 @@ def test_inference_reads_a_dicom_series_and_writes_labels_on_its_grid(trained, t
 
     root, _ = trained
     volume = np.random.default_rng(1).integers(-200, 300, (8, 24, 20)).astype(np.int16)  # (slices, rows, cols)
+    volume[:, :2] = -1000  # air, as around every body CT (inputs without any are refused as not HU)
     write_dicom_series(tmp_path / "dicom" / "series1", volume, spacing=(0.9, 0.8, 3.0))
     out = tmp_path / "pred"
     run_bundle(
@@ -290,7 +291,17 @@ def test_model_zoo_checks_verify_net_in_out_and_ckpt_export(trained, tmp_path):
     exported = tmp_path / "student.ts"
     ckpt = str(root / "models" / "model.pt")
     run_module(
-        "ckpt_export", "network_def", "--filepath", str(exported), "--ckpt_file", ckpt, *common, "--image_size", "32"
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        str(exported),
+        "--ckpt_file",
+        ckpt,
+        "--key_in_ckpt",
+        "model",
+        *common,
+        "--image_size",
+        "32",
     )
 
     eager = load_weights(get_network("tiny_unet"), root / "models" / "model.pt").eval()

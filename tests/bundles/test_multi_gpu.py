@@ -142,8 +142,10 @@ def test_replicas_stay_in_sync_and_rank0_saves_a_plain_student_checkpoint(distri
     root, _ = distributed_run
     sums = [r["parameter_sum"] for r in _records(root, "train")]
     assert sums[0] == sums[1]
-    assert sorted(p.name for p in (root / "models").iterdir()) == ["model.pt", f"{TEACHER}-teacher-s0.pt"]
-    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    # the run's own checkpoint, and model.pt, the bundle's default, a copy of it
+    models = sorted(p.name for p in (root / "models").iterdir())
+    assert models == sorted(["model.pt", f"{RUN_NAME}.pt", f"{TEACHER}-teacher-s0.pt"])
+    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)["model"]
     assert not any(k.startswith("module.") for k in state)  # saved unwrapped, not as DistributedDataParallel
     student = load_weights(get_network(STUDENT, 1, 9), root / "models" / "model.pt", role="student")
     assert sum(float(p.detach().double().sum()) for p in student.parameters()) == pytest.approx(sums[0], rel=1e-12)
@@ -158,7 +160,7 @@ def test_only_rank0_tracks_one_finished_run_and_logs(distributed_run):
     params = runs[0].data.params
     assert params["world_size"] == str(NPROC) and params["dist_backend"] == "gloo" and params["method"] == "mskd"
     assert {"loss_kd", "loss_ffd", "loss_rgd", "val_mean_dice", "val_dice_liver"} <= set(runs[0].data.metrics)
-    assert {a.path for a in client.list_artifacts(runs[0].info.run_id)} >= {"model.pt", f"{RUN_NAME}.config.json"}
+    assert {a.path for a in client.list_artifacts(runs[0].info.run_id)} >= {f"{RUN_NAME}.pt", f"{RUN_NAME}.config.json"}
     executed = json.loads((root / "output" / f"{RUN_NAME}.config.json").read_text())
     assert executed["train"]["sampler"]["_target_"] == "DistributedSampler" and executed["max_epochs"] == 1
     assert not list((root / "output").glob("*.tmp"))

@@ -107,8 +107,9 @@ def runs(tmp_path_factory):
 
 
 def _checkpoint(root: Path, name: str) -> dict:
-    path = root / "output" / "checkpoints" / RUN / "latest.pt" if name == "latest" else root / "models" / "model.pt"
-    return torch.load(path, map_location="cpu", weights_only=True)
+    if name == "latest":
+        return torch.load(root / "output" / "checkpoints" / RUN / "latest.pt", map_location="cpu", weights_only=True)
+    return torch.load(root / "models" / f"{RUN}.pt", map_location="cpu", weights_only=True)["model"]
 
 
 def test_killed_run_resumes_from_its_last_iteration_checkpoint(runs):
@@ -152,4 +153,4 @@ def test_resumed_run_is_one_finished_mlflow_run_with_the_uninterrupted_history(r
     params_b = {k: v.replace(str(roots["b"]), str(roots["a"])) for k, v in runs_b[0].data.params.items()}
     assert params_b == run_a.data.params  # logged once, and the same (paths aside)
     artifacts = {a.path for a in client_b.list_artifacts(runs_b[0].info.run_id)}
-    assert {"model.pt", f"{RUN}.config.json"} <= artifacts
+    assert {f"{RUN}.pt", f"{RUN}.config.json"} <= artifacts

@@ -30,7 +30,9 @@ def test_an_unusable_tracking_store_stops_before_training_in_one_line(data, tmp_
     assert line.startswith(f"mskd: MLflow tracking store {uri!r} is unreachable or invalid (") and line.endswith(FIX)
     assert "Traceback" not in proc.stderr
     assert "Epoch" not in proc.stdout + proc.stderr  # nothing trained
-    assert not (tmp_path / "output" / "checkpoints").exists() and not (tmp_path / "models").exists()
+    written = [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()]
+    assert sorted(written) == ["a_file", "output/checkpoints/unet-teacher-s0/run.lock"]  # the run's lock only
+    assert (tmp_path / "output" / "checkpoints" / "unet-teacher-s0" / "run.lock").read_text() == ""  # released
 
 
 def test_mlflow_false_trains_without_any_store(data, tmp_path):

@@ -6,7 +6,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
 from mskd.data.datalist import synapse_npz_datalist
 from mskd.data.readers import H5VolumeReader, NpzSliceStackReader
-from tests.data.fixtures import write_synapse_npz
+from tests.data.fixtures import write_dicom_series, write_synapse_npz
 
 
 def _load(reader_cls):
@@ -167,3 +167,83 @@ def test_h5_reads_one_file(tmp_path):
     reader = H5VolumeReader()
     with pytest.raises(ValueError, match="reads one volume per file, got 2 files"):
         reader.get_data(reader.read([tmp_path / "a.h5", tmp_path / "b.h5"]))
+
+
+# --- DICOM series on their own grid ---------------------------------------------------------------------------------
+
+
+def _series(tmp_path, numbering):
+    """A 5-slice series, slice k filled with 10 k, InstanceNumbers as scanners may give them (the positions ascend
+    along the normal with k); returns the folder and the volume ``(slices, rows, columns)``."""
+    import pydicom
+
+    volume = np.stack([np.full((3, 2), 10 * k, dtype=np.int16) for k in range(5)])
+    volume[:, 0, 1] += 1  # in-plane orientation shows too
+    files = write_dicom_series(tmp_path / "series", volume, spacing=(0.7, 0.8, 2.5), origin=(-100.0, -120.0, 50.0))
+    numbers = {"as written": [1, 2, 3, 4, 5], "head first": [5, 4, 3, 2, 1], "shuffled": [3, 1, 5, 2, 4]}[numbering]
+    for file, number in zip(files, numbers, strict=True):
+        dataset = pydicom.dcmread(file)
+        dataset.InstanceNumber = number
+        dataset.save_as(file)
+    return tmp_path / "series", volume
+
+
+def _sitk_grid(folder):
+    """The series as a DICOM reader (GDCM through SimpleITK) orders it: ``(columns, rows, slices)`` and a RAS affine."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    series = reader.Execute()
+    lps = np.eye(4)
+    lps[:3, :3] = np.array(series.GetDirection()).reshape(3, 3) @ np.diag(series.GetSpacing())
+    lps[:3, 3] = series.GetOrigin()
+    return sitk.GetArrayFromImage(series).transpose(2, 1, 0), np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+@pytest.mark.parametrize("numbering", ["as written", "head first", "shuffled"])
+def test_dicom_series_is_stacked_by_position_along_the_slice_normal(tmp_path, numbering):
+    from monai.transforms import LoadImage
+
+    from mskd.data.readers import DicomSeriesReader
+
+    folder, volume = _series(tmp_path, numbering)
+    image = LoadImage(image_only=True, reader=DicomSeriesReader())(str(folder))
+    np.testing.assert_array_equal(np.asarray(image), volume.transpose(2, 1, 0))  # index k is slice k
+    affine = np.asarray(image.affine)
+    np.testing.assert_allclose(affine @ [0, 0, 0, 1], [100.0, 120.0, 50.0, 1.0], atol=1e-4)  # first slice, in RAS
+    np.testing.assert_allclose(affine[:3, :3], np.diag([-0.7, -0.8, 2.5]), atol=1e-4)
+    expected, grid = _sitk_grid(folder)
+    np.testing.assert_array_equal(np.asarray(image), expected)
+    np.testing.assert_allclose(affine, grid, atol=1e-4)
+
+
+def test_a_prediction_is_written_on_the_series_own_grid(tmp_path):
+    """inference.json's path: load (reoriented to RAS), predict, undo the reorientation, save: the label map's index
+    k is slice k, and its affine maps index (0, 0, 0) to the first slice's ImagePositionPatient."""
+    import nibabel as nib
+    from monai.transforms import Invertd, Orientationd, SaveImaged
+
+    from mskd.data.readers import DicomSeriesReader
+    from mskd.data.transforms import RAS_LABELS
+
+    folder, volume = _series(tmp_path, "head first")
+    load = Compose(
+        [
+            LoadImaged("image", reader=DicomSeriesReader(), image_only=True),
+            EnsureChannelFirstd("image"),
+            Orientationd("image", axcodes="RAS", labels=RAS_LABELS),
+        ]
+    )
+    case = load({"image": str(folder)})
+    case["pred"] = case["image"].clone()  # a "prediction" that is the slice's value
+    case = Invertd("pred", transform=load, orig_keys="image", nearest_interp=True)(case)
+    SaveImaged(
+        "pred", output_dir=tmp_path / "out", output_postfix="seg", writer="mskd.data.AtomicNibabelWriter",
+        resample=False, separate_folder=False, print_log=False,
+    )(case)  # fmt: skip
+    seg = nib.load(tmp_path / "out" / "series_seg.nii.gz")
+    expected, grid = _sitk_grid(folder)
+    np.testing.assert_array_equal(np.asarray(seg.dataobj), expected)
+    np.testing.assert_allclose(seg.affine, grid, atol=1e-4)
+    np.testing.assert_allclose(seg.affine @ [0, 0, 0, 1], [100.0, 120.0, 50.0, 1.0], atol=1e-4)

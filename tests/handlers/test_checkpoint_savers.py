@@ -167,37 +167,68 @@ def test_nan_weights_are_never_saved(tmp_path):
     assert os.listdir(tmp_path) == ["latest.pt"]
 
 
+def _validate(saver, score):
+    """Fire the saver's key-metric save as a validation of ``score`` at epoch 1 would."""
+    engine = type("E", (), {})()
+    engine.state = type("S", (), {"metrics": {"dice": score}, "key_metric_name": "dice", "epoch": 1})()
+    engine.last_event_name = Events.EPOCH_COMPLETED
+    engine.has_registered_events = lambda _e: True
+    engine.fire_event = lambda _e: None
+    saver.metrics_completed(engine)
+
+
 def test_checkpoint_saver_writes_the_best_model_atomically_and_refuses_nan(tmp_path, monkeypatch):
     network = torch.nn.Linear(2, 1)
     saver = CheckpointSaver(str(tmp_path), {"model": network}, save_key_metric=True, key_metric_filename="model.pt")
     assert isinstance(saver._key_metric_checkpoint.save_handler, SafeDiskSaver)
-    engine = type("E", (), {})()
-
-    def validate(score):
-        engine.state = type("S", (), {"metrics": {"dice": score}, "key_metric_name": "dice", "epoch": 1})()
-        engine.last_event_name = Events.EPOCH_COMPLETED
-        engine.has_registered_events = lambda _e: True
-        engine.fire_event = lambda _e: None
-        saver.metrics_completed(engine)
-
-    validate(0.5)
+    _validate(saver, 0.5)
     first = load_checkpoint(tmp_path / "model.pt")
     assert set(first) == {"weight", "bias"} and saver.state_dict()["_saved"] == [(0.5, "model_key_metric=0.5000.pt")]
     with torch.no_grad():
         network.weight.fill_(2.0)
     monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: open(f, "wb").write(b"partial") and 1 / 0)
     with pytest.raises(ZeroDivisionError):
-        validate(0.7)
+        _validate(saver, 0.7)
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(tmp_path / "model.pt")["weight"], first["weight"])
     assert os.listdir(tmp_path) == ["model.pt"]
     with torch.no_grad():
         network.weight.fill_(math.inf)
     with pytest.raises(FloatingPointError, match=r"model\.pt: 'weight' holds NaN or Inf"):
-        validate(0.9)
+        _validate(saver, 0.9)
     assert torch.equal(load_checkpoint(tmp_path / "model.pt")["weight"], first["weight"])
 
     restored = CheckpointSaver(str(tmp_path), {"model": network}, save_key_metric=True, key_metric_filename="model.pt")
     restored.load_state_dict(saver.state_dict())
     assert restored.state_dict() == saver.state_dict()
     restored.load_state_dict({})  # a checkpoint saved without a best-model saver: nothing to restore
+
+
+def test_checkpoint_saver_saves_metadata_with_the_weights_and_a_copy(tmp_path):
+    from mskd.networks import checkpoint_metadata, read_checkpoint
+
+    network = UNet(2, 1, 3, channels=(4, 8), strides=(2,), num_res_units=0)
+    metadata = checkpoint_metadata("unet", 3, 16, run_name="unet-teacher-s1")
+    saver = CheckpointSaver(
+        str(tmp_path), {"model": network}, metadata=metadata, key_metric_copy="model.pt",
+        save_key_metric=True, key_metric_filename="unet-teacher-s1.pt",
+    )  # fmt: skip
+    _validate(saver, 0.5)
+    assert sorted(os.listdir(tmp_path)) == ["model.pt", "unet-teacher-s1.pt"]
+    own, copy = (tmp_path / "unet-teacher-s1.pt").read_bytes(), (tmp_path / "model.pt").read_bytes()
+    assert own == copy
+    state, saved = read_checkpoint(tmp_path / "unet-teacher-s1.pt")
+    assert saved == metadata and state.keys() == network.state_dict().keys()
+    assert sorted(torch.load(tmp_path / "model.pt", weights_only=True)) == ["model", "mskd"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"save_dict": {"model": None, "opt": None}, "metadata": {}}, r"holds one network, .*got the keys \['model'"),
+        ({"save_dict": {"model": None}, "key_metric_copy": "model.pt"}, "set save_key_metric=True"),
+    ],
+)
+def test_checkpoint_saver_checks_its_new_arguments(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CheckpointSaver(str(tmp_path), **kwargs)

@@ -16,7 +16,7 @@ from .datalist import (
     synapse_npz_datalist,
 )
 from .labels import BTCV_TO_SYNAPSE, HU_WINDOWS, KITS_LABELS, SYNAPSE_LABELS, TASK_LABELS, organ_names
-from .readers import H5VolumeReader, NpzSliceStackReader
+from .readers import DicomSeriesReader, H5VolumeReader, NpzSliceStackReader
 from .transforms import LoadCased, cached_dataset, intensity_window
 from .writers import AtomicNibabelWriter
 
@@ -31,6 +31,7 @@ __all__ = [
     "SYNAPSE_TRAIN_CASES",
     "TASK_LABELS",
     "AtomicNibabelWriter",
+    "DicomSeriesReader",
     "H5VolumeReader",
     "LoadCased",
     "NpzSliceStackReader",

@@ -335,7 +335,8 @@ def dicom_datalist(path: str | os.PathLike) -> list[dict]:
 
     If ``path`` itself holds DICOM files (any file with the DICOM preamble, whatever its extension) it is one series;
     otherwise every sub-folder of ``path`` holding DICOM files is one series (sub-folders without DICOM are skipped).
-    Read the series with ``LoadImaged(keys="image", reader="PydicomReader")``.
+    Read the series with ``LoadImaged(keys="image", reader=mskd.data.readers.DicomSeriesReader())``, which stacks the
+    slices on the series' own grid (by position along the slice normal).
 
     Args:
         path: a series folder, or a folder of series folders.

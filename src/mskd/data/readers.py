@@ -1,4 +1,5 @@
-"""MONAI image readers for the two TransUNet Synapse formats: stacked ``.npz`` slices and ``.npy.h5`` volumes.
+"""MONAI image readers: the two TransUNet Synapse formats (stacked ``.npz`` slices and ``.npy.h5`` volumes) and DICOM
+series stacked on their own grid (:class:`DicomSeriesReader`).
 
 Both formats hold an image and a label in the same file under two keys, so a reader reads one key, and a pipeline
 loads each key with its own reader::
@@ -18,6 +19,7 @@ reach the caller unchanged.
 
 from __future__ import annotations
 
+import copy
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 from monai.config import PathLike
-from monai.data import ImageReader
+from monai.data import ImageReader, PydicomReader
 from monai.data.utils import is_supported_format
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
-__all__ = ["H5VolumeReader", "NpzSliceStackReader"]
+__all__ = ["DicomSeriesReader", "H5VolumeReader", "NpzSliceStackReader"]
 
 # what a corrupt or truncated file raises from numpy's zip reader or from h5py
 _READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, RuntimeError)
@@ -213,3 +215,54 @@ class H5VolumeReader(ImageReader):
             raise ValueError(f"{path}: dataset '{self.key}' must be a 3D (D, H, W) volume, got shape {array.shape}")
         volume = np.ascontiguousarray(np.moveaxis(array, 0, -1))
         return volume, _meta(volume.shape, path)
+
+
+def _position_along_normal(dataset) -> float | None:
+    """``ImagePositionPatient`` projected on the slice normal (row x column direction), or ``None`` without them."""
+    orientation = getattr(dataset, "ImageOrientationPatient", None)
+    position = getattr(dataset, "ImagePositionPatient", None)
+    if orientation is None or position is None or len(orientation) != 6 or len(position) != 3:
+        return None
+    normal = np.cross(np.asarray(orientation[:3], dtype=float), np.asarray(orientation[3:], dtype=float))
+    return float(normal @ np.asarray(position, dtype=float))
+
+
+class DicomSeriesReader(PydicomReader):
+    """MONAI's ``PydicomReader`` that stacks a series' slices on the series' own grid.
+
+    MONAI's reader stacks the slices by ``InstanceNumber``, which scanners count in acquisition order, often from the
+    head down, against the slice normal: the volume (and a label map written on it) then has its slice axis reversed
+    relative to the series' grid, with another direction and origin, as tools that compare index-wise see it. This
+    reader stacks them as DICOM readers (GDCM, ITK, dcm2niix) do: by ``ImagePositionPatient`` along the slice normal
+    (the cross product of the two ``ImageOrientationPatient`` directions), ascending, so that index ``k`` is the
+    ``k``-th slice along the normal and the affine maps index ``(0, 0, 0)`` to the first slice's position (in RAS,
+    like every affine mskd writes: LPS x and y negated). Slices at the same position keep their ``InstanceNumber``
+    order; a series without that geometry is stacked by ``InstanceNumber``, as MONAI does.
+
+    Args:
+        kwargs: ``PydicomReader`` arguments; ``fname_regex`` defaults to ``None`` (only files that are DICOM are read,
+            without a warning per stray file in the folder).
+
+    Example::
+
+        LoadImaged(keys="image", reader=DicomSeriesReader())
+    """
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("fname_regex", None)
+        super().__init__(**kwargs)
+
+    def _combine_dicom_series(self, data, filenames: Sequence[PathLike]) -> tuple[np.ndarray, dict]:
+        datasets = list(data)
+        positions = [_position_along_normal(dataset) for dataset in datasets]
+        if None in positions:
+            return super()._combine_dicom_series(datasets, filenames)
+        order = sorted(
+            range(len(datasets)), key=lambda i: (positions[i], int(getattr(datasets[i], "InstanceNumber", 0) or 0))
+        )
+        stacked = []
+        for rank, i in enumerate(order):  # MONAI stacks by InstanceNumber: number copies in position order
+            dataset = copy.copy(datasets[i])
+            dataset.InstanceNumber = rank + 1
+            stacked.append(dataset)
+        return super()._combine_dicom_series(stacked, [filenames[i] for i in order])

@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from monai.data import CacheDataset, PersistentDataset, PydicomReader
+from monai.data import CacheDataset, PersistentDataset
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, MapLabelValued, Orientationd
 from monai.utils import ensure_tuple, look_up_option
 
 from .datalist import DATA_FORMATS
 from .labels import BTCV_TO_SYNAPSE, HU_WINDOWS
-from .readers import H5VolumeReader, NpzSliceStackReader
+from .readers import DicomSeriesReader, H5VolumeReader, NpzSliceStackReader
 
 __all__ = ["LoadCased", "cached_dataset", "intensity_window"]
 
@@ -51,8 +51,8 @@ class LoadCased(Compose):
                 for key in keys
             ]
         elif data_format == "dicom":
-            # fname_regex=None: only files that are DICOM are read (no warning per stray file in the folder)
-            loaders = [LoadImaged(keys, reader=PydicomReader(fname_regex=None), image_only=True)]
+            # slices stacked on the series' own grid (by position along the slice normal, not InstanceNumber)
+            loaders = [LoadImaged(keys, reader=DicomSeriesReader(), image_only=True)]
         else:
             loaders = [LoadImaged(keys, image_only=True)]
         # allow_missing_keys: Invertd undoes the reorientation one key at a time (loading still requires every key)

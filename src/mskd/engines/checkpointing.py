@@ -16,8 +16,11 @@ and on a deterministic device the weights, of an uninterrupted run.
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
+import socket
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,15 +32,19 @@ from mskd.io import load_checkpoint
 
 __all__ = [
     "LATEST_CHECKPOINT",
+    "RUN_LOCK",
     "RandomStates",
     "as_flag",
     "checkpoint_run_id",
     "epoch_seed",
+    "lock_run_dir",
     "resume_checkpoint",
     "seed_epoch",
 ]
 
 LATEST_CHECKPOINT = "latest.pt"  # the resumable checkpoint in a run folder
+RUN_LOCK = "run.lock"  # in a run folder: "<pid> <host>" of the process training the run
+_HELD: dict[Path, int] = {}  # lock file -> the descriptor holding its lock, kept open while this process lives
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
@@ -136,6 +143,81 @@ def _finished(trainer: dict[str, Any]) -> bool:
     return None not in (iteration, length, epochs) and iteration >= length * epochs
 
 
+def _holder(fd: int) -> tuple[str, str]:
+    """The ``(pid, host)`` a lock file names (``("", "")`` when empty)."""
+    pid, host, *_ = [*os.pread(fd, 256, 0).decode(errors="replace").split(), "", ""]
+    return pid, host
+
+
+@atexit.register
+def _release_run_dirs() -> None:
+    """At exit: empty the lock files this process holds (a lock file left holding a pid names a killed process)."""
+    for fd in _HELD.values():
+        os.ftruncate(fd, 0)
+        os.close(fd)
+    _HELD.clear()
+
+
+def lock_run_dir(run_dir: str | os.PathLike) -> Path | None:
+    """Hold the run folder ``run_dir`` for this process until it exits, so that two trainings of one run never write
+    the same checkpoint, model and MLflow run.
+
+    The lock is ``fcntl.flock`` on ``<run_dir>/run.lock``, which holds ``"<pid> <host>"``: the system releases it when
+    its process ends, however it ends, so a lock left by a killed process is taken over (with a warning naming that
+    process); one held by a live process (on this host, or on another sharing the folder) refuses this one. Taking it
+    again in the same process does nothing. Under ``torchrun`` rank 0 holds it for all ranks. On a filesystem without
+    locks, a warning says that two trainings of the run are not kept apart.
+
+    Args:
+        run_dir: the run folder (created if missing).
+
+    Returns:
+        the lock file, or ``None`` where no lock is taken (ranks other than 0, a filesystem without locks).
+
+    Raises:
+        SystemExit: status 2, after one line on stderr naming the run, the process holding it and the lock file,
+            when another process holds the run.
+    """
+    import fcntl  # POSIX only, as is the rest of the run-folder handling
+
+    if os.environ.get("RANK", "0") != "0":
+        return None
+    folder = Path(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder.resolve() / RUN_LOCK
+    if path in _HELD:
+        return path
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as e:
+        pid, host = _holder(fd)
+        os.close(fd)
+        print(
+            f"mskd: run '{folder.name}' is being trained by process {pid or '?'} on {host or '?'} (lock file {path}); "
+            "wait for it to end or stop it, or train another run (another --seed or --output_dir)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from e
+    except OSError as e:  # a filesystem without locks
+        os.close(fd)
+        warnings.warn(
+            f"cannot lock {path} ({e.strerror}): two trainings of run '{folder.name}' would not be kept apart",
+            stacklevel=2,
+        )
+        return None
+    pid, host = _holder(fd)
+    if pid:
+        warnings.warn(
+            f"process {pid} on {host} ended without releasing run '{folder.name}' (killed?); taking it over ({path})",
+            stacklevel=2,
+        )
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+    _HELD[path] = fd
+    return path
+
+
 def resume_checkpoint(run_dir: str | os.PathLike, resume: Any = True) -> str | None:
     """The checkpoint to resume a run from: ``<run_dir>/latest.pt`` when ``resume`` is on and it holds an unfinished
     run, else ``None`` (start afresh).
@@ -143,6 +225,10 @@ def resume_checkpoint(run_dir: str | os.PathLike, resume: Any = True) -> str | N
     A run folder whose checkpoint is of a finished run (its last epoch done) starts afresh, as a new run, so that
     running a command again trains again; ``resume: false`` starts afresh in any case. Either way the old checkpoint
     is replaced by the new run's first one.
+
+    The run folder is locked for this process first (:func:`lock_run_dir`): a bundle evaluates this before it
+    touches the MLflow store, so a second training of a running run is refused before it can mark the first one's
+    MLflow run ``FAILED`` or write its checkpoint.
 
     Args:
         run_dir: the run folder (one per run name).
@@ -154,7 +240,9 @@ def resume_checkpoint(run_dir: str | os.PathLike, resume: Any = True) -> str | N
     Raises:
         ValueError: for a bad ``resume`` value, or a checkpoint that is unreadable or not a training checkpoint.
         UnsafeCheckpointError: when the checkpoint holds pickled Python objects.
+        SystemExit: when another process trains the run (:func:`lock_run_dir`).
     """
+    lock_run_dir(run_dir)
     path = Path(run_dir) / LATEST_CHECKPOINT
     if not as_flag(resume, "resume"):
         if path.is_file():

@@ -1,5 +1,6 @@
 """Handlers beyond MONAI's own: per-class metric unpacking, whole-volume metrics, MLflow dashboard artefacts and
-run binding, resumable and safe checkpoints, the non-finite loss guard, and terminal progress."""
+run binding, resumable and safe checkpoints, the non-finite loss guard, validation at the last epoch, and terminal
+progress."""
 
 from .checkpoint_savers import CheckpointSaver, SafeDiskSaver, TrainingCheckpoint
 from .learning_curves import LearningCurvesHandler
@@ -12,6 +13,7 @@ from .overlays import OverlayHandler
 from .per_class_metrics import PerClassMetricHandler
 from .progress import ProgressHandler, interactive, with_progress
 from .run_tags import RunTagsHandler, runs_table_view
+from .validation_schedule import ValidationHandler
 from .volume_metrics import VolumeMetricsHandler
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "RunTagsHandler",
     "SafeDiskSaver",
     "TrainingCheckpoint",
+    "ValidationHandler",
     "VolumeMetricsHandler",
     "interactive",
     "runs_table_view",

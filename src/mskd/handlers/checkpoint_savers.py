@@ -5,7 +5,8 @@
 - :class:`CheckpointSaver`: MONAI's ``CheckpointSaver`` with every file written by a :class:`SafeDiskSaver`. MONAI's
   own writes in place, and with a fixed ``key_metric_filename`` deletes the previous best model before writing the
   new one, so a crash in between leaves no model at all. It also has a ``state_dict`` (MONAI's has only
-  ``load_state_dict``), so that a resume checkpoint can carry which score the saved best model has.
+  ``load_state_dict``), so that a resume checkpoint can carry which score the saved best model has, saves the
+  network's metadata with its weights (self-describing checkpoints), and can copy the best model to a second name.
 - :class:`TrainingCheckpoint`: the resumable checkpoint of a training run (see its docstring).
 """
 
@@ -13,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,8 @@ from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointSaver as MonaiCheckpointSaver
 
 from mskd.engines.checkpointing import LATEST_CHECKPOINT, RandomStates, seed_epoch
-from mskd.io import load_checkpoint, save_checkpoint
+from mskd.io import atomic_path, load_checkpoint, save_checkpoint
+from mskd.networks.checkpoint import METADATA_KEY, WEIGHTS_KEY
 from mskd.networks.taps import unwrap_network
 
 __all__ = ["CheckpointSaver", "SafeDiskSaver", "TrainingCheckpoint"]
@@ -40,20 +43,31 @@ class SafeDiskSaver(DiskSaver):
         filename: a fixed file name for every save (each save replaces the file atomically; ``remove`` then does
             nothing, so there is never a moment without the file), or ``None`` for the names ignite gives.
         save_on_rank: the rank that writes, under ``torch.distributed``.
+        copy_as: file names in ``dirname`` that each save also writes, as byte copies of the saved file.
     """
 
-    def __init__(self, dirname: str | os.PathLike, filename: str | None = None, save_on_rank: int = 0) -> None:
+    def __init__(
+        self,
+        dirname: str | os.PathLike,
+        filename: str | None = None,
+        save_on_rank: int = 0,
+        copy_as: Sequence[str] = (),
+    ) -> None:
         super().__init__(str(dirname), atomic=True, create_dir=True, require_empty=False, save_on_rank=save_on_rank)
         self.filename = filename
+        self.copy_as = tuple(copy_as)
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
-        """Write ``checkpoint`` to ``dirname/(self.filename or filename)`` on the saving rank.
+        """Write ``checkpoint`` to ``dirname/(self.filename or filename)``, then its copies, on the saving rank.
 
         Raises:
             FloatingPointError: when a tensor of ``checkpoint`` holds NaN or Inf (nothing is written).
         """
         if idist.get_rank() == self.save_on_rank:
-            save_checkpoint(checkpoint, Path(self.dirname) / (self.filename or filename))
+            path = save_checkpoint(checkpoint, Path(self.dirname) / (self.filename or filename))
+            for name in self.copy_as:
+                with atomic_path(Path(self.dirname) / name) as tmp:
+                    shutil.copyfile(path, tmp)
 
     def remove(self, filename: str) -> None:
         """Delete an older checkpoint, unless every save goes to the one fixed file name."""
@@ -61,19 +75,64 @@ class SafeDiskSaver(DiskSaver):
             super().remove(filename)
 
 
+class _Metadata:
+    """A ``save_dict`` entry whose state is a checkpoint's metadata, so that ignite saves it beside the weights."""
+
+    def __init__(self, metadata: Mapping[str, Any]) -> None:
+        self.metadata = dict(metadata)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.metadata
+
+
 class CheckpointSaver(MonaiCheckpointSaver):
-    """MONAI's ``CheckpointSaver`` (same arguments) whose files are written by :class:`SafeDiskSaver`: atomically, and
-    never with NaN or Inf weights (the save raises ``FloatingPointError`` instead and the previous file stays).
+    """MONAI's ``CheckpointSaver`` (same arguments, and two more) whose files are written by :class:`SafeDiskSaver`:
+    atomically, and never with NaN or Inf weights (the save raises ``FloatingPointError`` instead and the previous
+    file stays).
+
+    With ``metadata`` the checkpoints describe themselves: ``{"model": state dict, "mskd": metadata}`` (see
+    :mod:`mskd.networks.checkpoint`), which ``mskd predict``, ``evaluate.json`` and ``mskd export`` check before use.
 
     ``state_dict``/``load_state_dict`` carry the key-metric tracking list (the score of the saved best model), so that
     a resumed run keeps the best model of the whole run rather than the first one it validates.
+
+    Args:
+        save_dir: folder of the checkpoints.
+        save_dict: name -> object to save; with ``metadata``, exactly ``{"model": network}``.
+        metadata: from :func:`mskd.networks.checkpoint_metadata`, saved with the weights; ``None`` saves plain
+            state dicts, as MONAI's saver does.
+        key_metric_copy: a file name in ``save_dir`` that each best-model save also writes, as a byte copy (the
+            bundle's ``models/model.pt``, written beside the run's own ``<run>.pt``).
+        kwargs: MONAI ``CheckpointSaver`` arguments.
+
+    Raises:
+        ValueError: for ``metadata`` with another ``save_dict``, or ``key_metric_copy`` without
+            ``save_key_metric``.
     """
 
-    def __init__(self, save_dir: str, save_dict: dict, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        save_dir: str,
+        save_dict: dict,
+        metadata: Mapping[str, Any] | None = None,
+        key_metric_copy: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if metadata is not None:
+            if set(save_dict) != {WEIGHTS_KEY}:
+                raise ValueError(
+                    f"a checkpoint with metadata holds one network, save_dict={{'{WEIGHTS_KEY}': network}}; "
+                    f"got the keys {sorted(save_dict)}"
+                )
+            save_dict = {**save_dict, METADATA_KEY: _Metadata(metadata)}
+        if key_metric_copy is not None and not kwargs.get("save_key_metric"):
+            raise ValueError(f"key_metric_copy={key_metric_copy!r} copies the best model: set save_key_metric=True")
         super().__init__(save_dir, save_dict, **kwargs)
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
-                checkpoint.save_handler = SafeDiskSaver(save_dir, getattr(checkpoint.save_handler, "filename", None))
+                copies = (key_metric_copy,) if key_metric_copy and checkpoint is self._key_metric_checkpoint else ()
+                filename = getattr(checkpoint.save_handler, "filename", None)
+                checkpoint.save_handler = SafeDiskSaver(save_dir, filename, copy_as=copies)
 
     def state_dict(self) -> dict[str, Any]:
         """The key-metric tracking list (``{"saved": [(score, filename), ...]}``), or ``{}`` without a key metric."""

@@ -1,12 +1,17 @@
-"""MONAI's ``MLFlowHandler`` bound to one MLflow run, so that a resumed training logs to the run it started."""
+"""MONAI's ``MLFlowHandler`` bound to one MLflow run, so that a resumed training logs to the run it started, and
+never stopped by a store that refuses a call."""
 
 from __future__ import annotations
 
+import functools
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from monai.handlers import MLFlowHandler as MonaiMLFlowHandler
 from monai.utils import flatten_dict
+
+from mskd.tracking import log_or_skip
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -24,6 +29,10 @@ class MLFlowHandler(MonaiMLFlowHandler):
     are kept once), and a param already logged is not logged again (MLflow refuses to change one; a changed value is
     reported with a warning and the first one kept).
 
+    Every call to the store (binding the run, params, metrics, artifacts, closing the run) goes through
+    :func:`mskd.tracking.log_or_skip`: a store that is locked, busy or unreachable gets a few tries, then the call is
+    skipped with one warning per run, and the engine goes on.
+
     Args:
         args: MONAI ``MLFlowHandler``'s positional arguments.
         run_id: the MLflow run to log to; ``None`` keeps MONAI's look-up by ``run_name``.
@@ -36,16 +45,29 @@ class MLFlowHandler(MonaiMLFlowHandler):
         self._logged_steps: dict[str, int] = {}
         self._logged_params: dict[str, str] = {}
 
+    def _bind(self) -> None:
+        """Bind the run ``run_id`` (once) and note what it already holds."""
+        if self.run_id is None or self.cur_run is not None:
+            return
+        run = self.client.get_run(self.run_id)
+        self._logged_params = dict(run.data.params)
+        self._logged_steps = {
+            key: max(m.step for m in self.client.get_metric_history(self.run_id, key)) for key in run.data.metrics
+        }
+        self.cur_run = run  # last: a refused read leaves the run unbound, to be bound at the next call
+
+    def _call(self, call: Callable[[], Any]) -> None:
+        """``call()`` on the bound run (bound first if a refused store kept it unbound), through ``log_or_skip``."""
+
+        def bound_call() -> None:
+            self._bind()
+            call()
+
+        log_or_skip(bound_call, self.client.tracking_uri, self.run_id or self.run_name)
+
     def start(self, engine: Engine) -> None:
-        """Bind the run ``run_id`` (once), note what it already holds, then MONAI's start (params, dataset)."""
-        if self.run_id is not None and self.cur_run is None:
-            self.cur_run = self.client.get_run(self.run_id)
-            self._logged_params = dict(self.cur_run.data.params)
-            self._logged_steps = {
-                key: max(m.step for m in self.client.get_metric_history(self.run_id, key))
-                for key in self.cur_run.data.metrics
-            }
-        super().start(engine)
+        """Bind the run ``run_id``, then MONAI's start (params, dataset)."""
+        self._call(functools.partial(super().start, engine))
 
     def _log_params(self, params: dict[str, Any]) -> None:
         new = {}
@@ -59,12 +81,26 @@ class MLFlowHandler(MonaiMLFlowHandler):
                     "keeping the logged value (MLflow params cannot change)",
                     stacklevel=2,
                 )
-        if new:
-            super()._log_params(new)
+        if not new:
+            return
+        log_params = super()._log_params
+
+        def log() -> None:
+            log_params(new)
             self._logged_params.update({key: str(value) for key, value in new.items()})
+
+        self._call(log)
 
     def _log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         step = step or 0
         todo = {key: value for key, value in flatten_dict(metrics).items() if step > self._logged_steps.get(key, -1)}
         if todo:
-            super()._log_metrics(todo, step=step)
+            self._call(functools.partial(super()._log_metrics, todo, step=step))
+
+    def complete(self) -> None:
+        """MONAI's: log the artifacts."""
+        self._call(super().complete)
+
+    def close(self) -> None:
+        """MONAI's: end the run ``FINISHED``."""
+        self._call(super().close)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from mskd.tracking import log_or_skip
 
 __all__ = ["MlflowRunLogger", "OncePerRunHandler", "RunArtefactHandler"]
 
@@ -23,6 +25,9 @@ class MlflowRunLogger:
     that are not ``FINISHED`` the last one; without any, a new run. :meth:`run_id` makes the same choice, so it finds
     the same run while that run is open; once every run of that name is closed (``close_on_complete``), it takes the
     one closed last. A looked-up id is kept until :meth:`forget`.
+
+    A store that refuses a logging call (locked, busy, unreachable, full) never stops the engine: the call gets a few
+    tries, then is skipped with one warning per run (:func:`mskd.tracking.log_or_skip`).
 
     Args:
         tracking_uri: the MLflow tracking URI; ``None`` turns logging off (:attr:`enabled` is false and every
@@ -113,10 +118,14 @@ class MlflowRunLogger:
             self._run_id = max(runs, key=lambda r: (r.info.end_time or 0, r.info.start_time or 0)).info.run_id
         return self._run_id
 
+    def _log(self, call: Callable[[], Any]) -> None:
+        """``call()`` (which names the run with :meth:`run_id`) through ``log_or_skip``."""
+        log_or_skip(call, str(self.tracking_uri), self.given_run_id or self.run_name)
+
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Copy the file ``path`` into the run's artifacts, under the folder ``artifact_path`` (root when None)."""
         if self.enabled:
-            self.client.log_artifact(self.run_id(), os.fspath(path), artifact_path=artifact_path)
+            self._log(lambda: self.client.log_artifact(self.run_id(), os.fspath(path), artifact_path=artifact_path))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         """Log scalar metrics (one batch call) at ``step``."""
@@ -128,7 +137,7 @@ class MlflowRunLogger:
 
         now = int(time.time() * 1000)
         entries = [Metric(key, float(value), now, step) for key, value in metrics.items()]
-        self.client.log_batch(self.run_id(), metrics=entries)
+        self._log(lambda: self.client.log_batch(self.run_id(), metrics=entries))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set tags (values as strings, at most 5000 characters each; ``None`` values are left out)."""
@@ -138,7 +147,7 @@ class MlflowRunLogger:
 
         entries = [RunTag(str(key), str(value)[:5000]) for key, value in tags.items() if value is not None]
         if entries:
-            self.client.log_batch(self.run_id(), tags=entries)
+            self._log(lambda: self.client.log_batch(self.run_id(), tags=entries))
 
 
 class RunArtefactHandler:

@@ -5,7 +5,18 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .checkpoint import count_parameters, load_weights, read_state_dict, state_dict_mismatch
+from .checkpoint import (
+    UndescribedCheckpointWarning,
+    checkpoint_metadata,
+    count_parameters,
+    load_network,
+    load_weights,
+    metadata_mismatch,
+    read_checkpoint,
+    read_state_dict,
+    save_weights,
+    state_dict_mismatch,
+)
 from .registry import default_taps, get_network, list_networks, tap_points
 from .taps import FeatureTaps, unwrap_network
 
@@ -20,12 +31,18 @@ _LAZY = {
 
 __all__ = [
     "FeatureTaps",
+    "UndescribedCheckpointWarning",
+    "checkpoint_metadata",
     "count_parameters",
     "default_taps",
     "get_network",
     "list_networks",
+    "load_network",
     "load_weights",
+    "metadata_mismatch",
+    "read_checkpoint",
     "read_state_dict",
+    "save_weights",
     "state_dict_mismatch",
     "tap_points",
     "unwrap_network",

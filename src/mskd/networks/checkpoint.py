@@ -1,16 +1,71 @@
-"""Load network weights from checkpoints written by the bundles (MONAI ``CheckpointSaver``)."""
+"""Checkpoints that describe themselves: network weights saved with what is needed to use them.
+
+A checkpoint mskd writes (:class:`mskd.handlers.CheckpointSaver` with ``metadata``, or :func:`save_weights`) is::
+
+    {"model": <state dict: tensors>, "mskd": <metadata: plain values>}
+
+The metadata (:func:`checkpoint_metadata`) names the network and its constructor arguments, the input channels and
+class count, the in-plane image size it was trained at, the organs, the intensity window, the run that wrote it and
+a hash of that run's executed config. Only tensors and plain values (str, int, float, bool, None, lists, dicts), so
+the file still loads with ``torch.load(..., weights_only=True)``. With it, a checkpoint rebuilds its own network
+(:func:`load_network`, as nnU-Net's do), and a command refuses to use it at another size, for another network or
+class count, or under another run's name (:func:`metadata_mismatch`).
+
+Plain state dicts (older checkpoints, other tools; also under a ``"model"`` key) are still read; a check that cannot
+be made on them warns (:class:`UndescribedCheckpointWarning`).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import warnings
+from collections.abc import Mapping, Sequence
+from numbers import Integral, Real
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from mskd.io import UnsafeCheckpointError, load_checkpoint
+from mskd.io import UnsafeCheckpointError, load_checkpoint, save_checkpoint
 
-__all__ = ["count_parameters", "load_weights", "read_state_dict", "state_dict_mismatch"]
+__all__ = [
+    "METADATA_KEY",
+    "METADATA_VERSION",
+    "WEIGHTS_KEY",
+    "UndescribedCheckpointWarning",
+    "checkpoint_metadata",
+    "count_parameters",
+    "load_network",
+    "load_weights",
+    "metadata_mismatch",
+    "read_checkpoint",
+    "read_state_dict",
+    "save_weights",
+    "state_dict_mismatch",
+]
+
+WEIGHTS_KEY = "model"  # the state dict's key: MONAI's CheckpointLoader(load_dict={"model": net}) reads it
+METADATA_KEY = "mskd"
+METADATA_VERSION = 1  # bumped when the metadata's keys change meaning; a newer checkpoint is refused
+_REQUIRED = {"network": str, "network_kwargs": dict, "in_channels": int, "num_classes": int, "image_size": int}
+
+# metadata key -> (config key of the setting, what the checkpoint says against what the run has); {role} is the
+# network's role ("student", "teacher"), whose config key names the network
+_MISMATCH = {
+    "network": ("{role}", "was trained as {theirs}, this run builds {ours}"),
+    "network_kwargs": ("{role}_kwargs", "was built with {role}_kwargs {theirs}, this run with {ours}"),
+    "num_classes": ("num_classes", "predicts {theirs} classes, this run's task has {ours}"),
+    "image_size": ("image_size", "was trained on {theirs}x{theirs} slices, this run uses {ours}x{ours}"),
+    "run_name": ("ckpt_path", "was written by run {theirs}, this run evaluates {ours}"),
+}
+_IN_THE_WEIGHTS = {"network", "network_kwargs", "num_classes"}  # what the weights' shapes tell without metadata
+
+
+class UndescribedCheckpointWarning(UserWarning):
+    """A plain state dict was used where a self-describing checkpoint could have been checked."""
 
 
 def count_parameters(network: nn.Module) -> int:
@@ -18,22 +73,146 @@ def count_parameters(network: nn.Module) -> int:
     return sum(p.numel() for p in network.parameters())
 
 
-def read_state_dict(path: str | os.PathLike, role: str = "network", mmap: bool = False) -> dict[str, torch.Tensor]:
-    """Read the state dict of a checkpoint saved by ``CheckpointSaver`` (plain, or under a ``"model"`` key).
+def _plain(value: Any, where: str) -> Any:
+    """``value`` as plain values only (tuples as lists, numpy numbers as Python ones), for ``weights_only`` loading.
+
+    Raises:
+        TypeError: naming ``where`` and the value, for anything else (a tensor, an object, a non-string key).
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, Integral):
+        return int(value)
+    if isinstance(value, Real):
+        return float(value)
+    if isinstance(value, Mapping):
+        bad = [k for k in value if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"checkpoint metadata {where} must have string keys, got {bad[0]!r}")
+        return {k: _plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise TypeError(
+        f"checkpoint metadata {where} must hold plain values (str, int, float, bool, None, lists, dicts), "
+        f"got a {type(value).__name__}: {value!r}"
+    )
+
+
+def checkpoint_metadata(
+    network: str,
+    num_classes: int,
+    image_size: int,
+    network_kwargs: Mapping[str, Any] | None = None,
+    in_channels: int = 1,
+    organs: Sequence[str] | None = None,
+    hu_window: Sequence[float] | None = None,
+    run_name: str | None = None,
+    config: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """What a checkpoint needs to describe itself (the ``"mskd"`` entry saved beside its weights).
 
     Args:
-        path: checkpoint file.
-        role: what the network is ("teacher", "student", ...), used in error messages.
+        network: the registered network name (``mskd.networks.list_networks()``).
+        num_classes: output channels, background included.
+        image_size: the in-plane size (``H = W``) of the slices it was trained on.
+        network_kwargs: its constructor arguments (the bundle's ``student_kwargs`` / ``teacher_kwargs``).
+        in_channels: input channels (1 for CT).
+        organs: the foreground class names in label order.
+        hu_window: the intensity window mapped to ``[0, 1]`` in training (``[0, 1]`` for data already windowed).
+        run_name: the run that trained it (``<model>-<method>-s<seed>``).
+        config: the run's executed config file; its SHA-256 is stored (``sha256sum`` of the file gives the same).
+
+    Returns:
+        ``{"format", "network", "network_kwargs", "in_channels", "num_classes", "image_size", "organs", "hu_window",
+        "run_name", "config_sha256"}``, plain values only.
+
+    Raises:
+        ValueError: for a non-positive size or count.
+        TypeError: for a value that is not plain (e.g. an object in ``network_kwargs``).
+        FileNotFoundError: when ``config`` is given but does not exist.
+    """
+    sizes = {"in_channels": in_channels, "num_classes": num_classes, "image_size": image_size}
+    bad = {k: v for k, v in sizes.items() if isinstance(v, bool) or not isinstance(v, Integral) or v < 1}
+    if bad:
+        raise ValueError(f"checkpoint metadata: {bad} must be integers >= 1")
+    digest = None
+    if config is not None:
+        digest = hashlib.sha256(Path(config).read_bytes()).hexdigest()
+    return _plain(
+        {
+            "format": METADATA_VERSION,
+            "network": network,
+            "network_kwargs": dict(network_kwargs or {}),
+            **sizes,
+            "organs": organs,
+            "hu_window": hu_window,
+            "run_name": run_name,
+            "config_sha256": digest,
+        },
+        METADATA_KEY,
+    )
+
+
+def save_weights(
+    network: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, Any]
+) -> Path:
+    """Save a self-describing checkpoint ``{"model": state dict, "mskd": metadata}``, atomically.
+
+    Args:
+        network: the network (unwrapped from DDP by the caller) or its state dict.
+        path: the file to write (its folder is created).
+        metadata: from :func:`checkpoint_metadata`.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        ValueError: when ``metadata`` lacks a key a reader needs.
+        FloatingPointError: when a weight holds NaN or Inf (nothing is written).
+    """
+    state = network.state_dict() if isinstance(network, nn.Module) else dict(network)
+    checked = _checked_metadata(_plain(dict(metadata), METADATA_KEY), f"metadata for {path}")
+    return save_checkpoint({WEIGHTS_KEY: state, METADATA_KEY: checked}, path, "checkpoint")
+
+
+def _checked_metadata(metadata: Any, where: str) -> dict[str, Any]:
+    """``metadata`` when it has every key a reader needs, with the right types; else a ``ValueError``."""
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{where}: the '{METADATA_KEY}' entry is a {type(metadata).__name__}, not a dict")
+    version = metadata.get("format", METADATA_VERSION)
+    if not isinstance(version, int) or version > METADATA_VERSION:
+        raise ValueError(
+            f"{where}: metadata format {version!r} is newer than this mskd's ({METADATA_VERSION}); upgrade mskd"
+        )
+    wrong = [k for k, kind in _REQUIRED.items() if not isinstance(metadata.get(k), kind)]
+    if wrong:
+        raise ValueError(
+            f"{where}: the '{METADATA_KEY}' entry lacks {wrong} (or holds another type); it must name the network, "
+            "its kwargs, channels, classes and image size (see mskd.networks.checkpoint_metadata)"
+        )
+    return metadata
+
+
+def read_checkpoint(
+    path: str | os.PathLike, role: str = "network", mmap: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """Read the weights of a checkpoint and, when it describes itself, its metadata.
+
+    Args:
+        path: checkpoint file: ``{"model": state dict, "mskd": metadata}``, a plain state dict, or a dict holding
+            one under ``"model"`` (MONAI's ``CheckpointSaver`` of several objects, a resume checkpoint).
+        role: what the network is ("teacher", "student", ...), used in messages.
         mmap: map the file instead of reading it (cheap for checks that only need keys and shapes); a file that
             cannot be mapped (the legacy format) is read normally.
 
     Returns:
-        the state dict, on the CPU.
+        ``(state dict on the CPU, metadata or None)``.
 
     Raises:
         FileNotFoundError: when ``path`` does not exist (the message says how to produce it).
-        ValueError: when the file is not a readable checkpoint or holds no state dict.
         UnsafeCheckpointError: (a ``ValueError``) when the file holds pickled Python objects.
+        ValueError: when the file is not a readable checkpoint, holds no state dict, holds a value that is not a
+            tensor among its weights, or has malformed metadata.
     """
     path = Path(path)
     if not path.is_file():
@@ -47,22 +226,101 @@ def read_state_dict(path: str | os.PathLike, role: str = "network", mmap: bool =
         raise
     except ValueError:  # truncated or foreign; or, when mapping, the legacy format
         if mmap:
-            return read_state_dict(path, role, mmap=False)
+            return read_checkpoint(path, role, mmap=False)
         raise
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
+    metadata = None
+    if isinstance(state, dict) and isinstance(state.get(WEIGHTS_KEY), dict):
+        if METADATA_KEY in state:
+            metadata = _checked_metadata(state[METADATA_KEY], f"{role} checkpoint {path}")
+        state = state[WEIGHTS_KEY]
     if not isinstance(state, dict):
         raise ValueError(f"{role} checkpoint {path} holds a {type(state).__name__}, not a state dict")
-    return state
+    key = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
+    if key is not None:
+        raise ValueError(
+            f"{role} checkpoint {path} holds a value of type {type(state[key]).__name__} under '{key}', not a tensor: "
+            "not a state dict of weights (save one with torch.save(model.state_dict(), path))"
+        )
+    return state, metadata
 
 
-def state_dict_mismatch(network: nn.Module, state: dict[str, torch.Tensor]) -> str:
+def read_state_dict(path: str | os.PathLike, role: str = "network", mmap: bool = False) -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint (:func:`read_checkpoint` without the metadata)."""
+    return read_checkpoint(path, role, mmap)[0]
+
+
+def metadata_mismatch(
+    path: str | os.PathLike,
+    role: str,
+    metadata: Mapping[str, Any] | None,
+    expected: Mapping[str, Any],
+    flags: Mapping[str, str] | None = None,
+) -> list[str]:
+    """What a checkpoint's metadata says against what a run is about to use it with, one line per difference.
+
+    Each line starts with the config key to change and ends with the fix, e.g.
+    ``image_size: student checkpoint m.pt was trained on 48x48 slices, this run uses 224x224; pass --image_size 48``.
+
+    Args:
+        path: the checkpoint, for messages.
+        role: ``"student"``, ``"teacher"``, ...: the config key that names the network.
+        metadata: from :func:`read_checkpoint`; ``None`` (a plain state dict) warns that nothing can be checked.
+        expected: metadata key (``network``, ``network_kwargs``, ``num_classes``, ``image_size``, ``run_name``) ->
+            the run's value; ``None`` values are not checked.
+        flags: config key -> the command-line flag of a caller that takes the setting from the checkpoint unless
+            the flag is given (``{"image_size": "--image-size"}`` for ``mskd predict``); its fix says to leave the
+            flag out. Other settings' fixes name the bundle override (``--image_size``).
+
+    Returns:
+        one line per mismatch (empty when the checkpoint suits the run, or does not describe itself).
+    """
+    checked = {k: v for k, v in expected.items() if v is not None}
+    if metadata is None:
+        unchecked = sorted(checked.keys() - _IN_THE_WEIGHTS)
+        if unchecked:
+            warnings.warn(
+                f"{role} checkpoint {path} does not describe itself (a plain state dict, saved by an older mskd or "
+                f"another tool), so this run's {', '.join(unchecked)} cannot be checked against it: use the "
+                f"{'ones' if len(unchecked) > 1 else 'one'} it was trained with",
+                UndescribedCheckpointWarning,
+                stacklevel=2,
+            )
+        return []
+    flags = flags or {}
+    if checked.get("network", metadata["network"]) != metadata["network"]:
+        checked.pop("network_kwargs", None)  # another network's kwargs: the network's line says it all
+    problems = []
+    for key, ours in checked.items():
+        theirs = metadata.get(key)
+        ours = _plain(ours, key)
+        if theirs is None or theirs == ours:  # an older checkpoint may lack an optional key
+            continue
+        config_key, what = (part.format(role=role, theirs=theirs, ours=ours) for part in _MISMATCH[key])
+        problems.append(f"{config_key}: {role} checkpoint {path} {what}; {_fix(key, config_key, theirs, ours, flags)}")
+    return problems
+
+
+def _fix(key: str, config_key: str, theirs: Any, ours: Any, flags: Mapping[str, str]) -> str:
+    """How to make the run match the checkpoint (or why it cannot)."""
+    if key == "num_classes":
+        return "it is a model of another task; use that task's bundle"
+    if key == "run_name":
+        return f"evaluate the run that wrote it, or train {ours} first (each run keeps its own <run>.pt)"
+    value = f"'{json.dumps(theirs)}'" if isinstance(theirs, dict) else theirs
+    if config_key in flags:
+        return f"pass {flags[config_key]} {value} or omit it to use the checkpoint's"
+    return f"pass --{config_key} {value}"
+
+
+def state_dict_mismatch(network: nn.Module, state: Mapping[str, Any]) -> str:
     """What keeps ``state`` from loading into ``network``: missing, unexpected and mis-shaped keys (the first three
-    of each, and how many); ``""`` when it fits."""
+    of each, and how many; a value that is not a tensor counts as mis-shaped); ``""`` when it fits."""
     own = network.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    mismatched = sorted(
+        k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(getattr(state[k], "shape", (None,)))
+    )
     return "; ".join(
         f"{what}: {keys[:3]}{' ...' if len(keys) > 3 else ''} ({len(keys)})"
         for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
@@ -70,8 +328,19 @@ def state_dict_mismatch(network: nn.Module, state: dict[str, torch.Tensor]) -> s
     )
 
 
+def _load_state(network: nn.Module, state: Mapping[str, torch.Tensor], path: Path, role: str) -> nn.Module:
+    details = state_dict_mismatch(network, state)
+    if details:
+        raise ValueError(
+            f"{role} checkpoint {path} does not fit {type(network).__name__} "
+            f"(was it written for another architecture or class count?): {details}"
+        )
+    network.load_state_dict(state)
+    return network
+
+
 def load_weights(network: nn.Module, path: str | os.PathLike, role: str = "network") -> nn.Module:
-    """Load a state dict saved by ``CheckpointSaver`` (plain, or under a ``"model"`` key) into ``network``.
+    """Load a checkpoint's weights (self-describing, or a plain state dict, or one under ``"model"``) into ``network``.
 
     Args:
         network: the network whose architecture the checkpoint must match.
@@ -85,12 +354,33 @@ def load_weights(network: nn.Module, path: str | os.PathLike, role: str = "netwo
         FileNotFoundError: when ``path`` does not exist (the message says how to produce it).
         ValueError: when the file is not a readable checkpoint or was written for another architecture.
     """
-    state = read_state_dict(path, role)
-    details = state_dict_mismatch(network, state)
-    if details:
+    return _load_state(network, read_state_dict(path, role), Path(path), role)
+
+
+def load_network(path: str | os.PathLike, role: str = "network") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network a self-describing checkpoint was trained as, with its weights.
+
+    Args:
+        path: a checkpoint written with metadata (:class:`mskd.handlers.CheckpointSaver`, :func:`save_weights`).
+        role: what the network is, used in messages.
+
+    Returns:
+        ``(network in train mode on the CPU, metadata)``.
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        ValueError: when the file does not describe itself (build the network with ``get_network`` and use
+            :func:`load_weights`), is unreadable, or its weights do not fit the network it names.
+    """
+    from .registry import get_network
+
+    state, metadata = read_checkpoint(path, role)
+    if metadata is None:
         raise ValueError(
-            f"{role} checkpoint {path} does not fit {type(network).__name__} "
-            f"(was it written for another architecture or class count?): {details}"
+            f"{role} checkpoint {path} does not describe itself (a plain state dict): build its network with "
+            "mskd.networks.get_network and load it with mskd.networks.load_weights"
         )
-    network.load_state_dict(state)
-    return network
+    network = get_network(
+        metadata["network"], metadata["in_channels"], metadata["num_classes"], **metadata["network_kwargs"]
+    )
+    return _load_state(network, state, Path(path), role), metadata
