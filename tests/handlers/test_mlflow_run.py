@@ -81,3 +81,23 @@ def test_missing_run_says_what_to_attach(uri, experiment, run, match):
 def test_uri_without_names():
     with pytest.raises(ValueError, match="pass run_id, or experiment_name and run_name"):
         MlflowRunLogger("sqlite:///x.db", "e", None)
+
+
+def test_a_read_the_store_refuses_gives_the_default_and_one_warning(uri, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    import mskd.tracking
+
+    client = MlflowClient(tracking_uri=uri)
+    run = client.create_run(client.create_experiment("e"), run_name="r").info.run_id
+    logger = MlflowRunLogger(uri, run_id=run)
+    assert logger.read(lambda: logger.client.get_run(run).info.run_name, default="?") == "r"
+    monkeypatch.setattr(mskd.tracking, "LOG_BACKOFF_S", 0.0)
+
+    def locked():
+        raise MlflowException("(sqlite3.OperationalError) database is locked")
+
+    with pytest.warns(UserWarning, match="refused a log call of run") as warned:
+        assert logger.read(locked, default={}) == {}
+        assert logger.read(locked, default=None) is None
+    assert len(warned) == 1

@@ -158,7 +158,11 @@ class LearningCurvesHandler(RunArtefactHandler):
         self.last_path: Path | None = None
 
     def histories(self) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[tuple[int, float]]]]:
-        """The run's loss and validation metric histories, each sorted by step (then time)."""
+        """The run's loss and validation metric histories, each sorted by step (then time); empty when the store
+        refuses the reads."""
+        return self.mlflow.read(self._read_histories, default=({}, {}))
+
+    def _read_histories(self) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[tuple[int, float]]]]:
         client, run_id = self.mlflow.client, self.mlflow.run_id()
         names = client.get_run(run_id).data.metrics
         losses, validation = {}, {}

@@ -122,6 +122,12 @@ class MlflowRunLogger:
         """``call()`` (which names the run with :meth:`run_id`) through ``log_or_skip``."""
         log_or_skip(call, str(self.tracking_uri), self.given_run_id or self.run_name)
 
+    def read(self, call: Callable[[], Any], default: Any) -> Any:
+        """``call()``, a read of the run from the store, through ``log_or_skip``: ``default`` when the store refused
+        it (a busy store costs the figure or the check that needed the read, never the training)."""
+        result = log_or_skip(call, str(self.tracking_uri), self.given_run_id or self.run_name)
+        return default if result is None else result
+
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Copy the file ``path`` into the run's artifacts, under the folder ``artifact_path`` (root when None)."""
         if self.enabled:

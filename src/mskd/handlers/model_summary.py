@@ -161,7 +161,7 @@ class ModelSummaryHandler(OncePerRunHandler):
             "gflops": self.summary["flops"] / 1e9,
         }
         if self.mlflow.enabled:
-            logged = self.mlflow.client.get_run(self.mlflow.run_id()).data.metrics
+            logged = self.mlflow.read(lambda: self.mlflow.client.get_run(self.mlflow.run_id()).data.metrics, default={})
             if not set(metrics) & set(logged):  # once per run: a resumed training does not log them again
                 self.mlflow.log_metrics(metrics)
         self.mlflow.log_artifact(path)

@@ -87,8 +87,11 @@ class RunTagsHandler(OncePerRunHandler):
         """Set the run's tags and the experiment's tags."""
         self.mlflow.set_tags(self.tags)
         if self.experiment_tags:
-            client = self.mlflow.client
-            experiment_id = client.get_run(self.mlflow.run_id()).info.experiment_id
-            for key, value in self.experiment_tags.items():
-                if value is not None:
-                    client.set_experiment_tag(experiment_id, str(key), str(value))
+            self.mlflow.read(self._set_experiment_tags, default=None)
+
+    def _set_experiment_tags(self) -> None:
+        client = self.mlflow.client
+        experiment_id = client.get_run(self.mlflow.run_id()).info.experiment_id
+        for key, value in self.experiment_tags.items():
+            if value is not None:
+                client.set_experiment_tag(experiment_id, str(key), str(value))
