@@ -10,10 +10,13 @@ MLFLOW_STORE ?= $(DEMO_DIR)/output/mlruns.db
 # glibc malloc tuning: up to ~2.8x faster CPU training (DESIGN §7).
 export MALLOC_MMAP_THRESHOLD_ := 17179869184
 export MALLOC_TRIM_THRESHOLD_ := 17179869184
+# OpenMP threads that sleep while they wait: spinning ones made a step 3-6x slower on a busy machine
+# (docs/performance.md, "Threads").
+export OMP_WAIT_POLICY ?= PASSIVE
 
 REAL_CT ?= ../shared/data/real/totalsegmentator/ct_3mm
 
-.PHONY: install demo test browser lint bench figures mlflow-ui clean
+.PHONY: install demo test browser lint bench gpu-check figures mlflow-ui clean
 
 install: $(STAMP)
 
@@ -51,6 +54,13 @@ bench: install
 	$(BIN)/python benchmarks/inference.py
 	$(BIN)/python benchmarks/data.py
 	$(BIN)/python benchmarks/teacher_cache.py
+	$(BIN)/python benchmarks/threads.py
+
+# On one CUDA device, <= 8 minutes (not run by CI): every stack of both bundles with AMP (fp16, bf16), channels_last
+# and compile; GPU images/s and peak memory; CPU-vs-GPU losses; torchrun/nccl when >= 2 GPUs are visible. Results go
+# to docs/benchmarks/gpu_check.json and docs/performance.md ("GPU check"); exits 2 without a CUDA device.
+gpu-check: install
+	$(BIN)/python benchmarks/gpu_check.py
 
 # Figures in docs/ that are generated from code and data (the real CT sample lives outside the repository).
 figures: install

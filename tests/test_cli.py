@@ -382,3 +382,12 @@ def test_workflow_help_names_allow_code(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
     assert "--allow-code" in capsys.readouterr().out
+
+
+def test_openmp_threads_wait_passively_unless_the_user_chose(monkeypatch, tmp_path):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    main(["phantom", "--out", str(tmp_path / "a"), "--cases", "2", "--size", "8", "8", "4"])
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    main(["phantom", "--out", str(tmp_path / "b"), "--cases", "2", "--size", "8", "8", "4"])
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

@@ -20,6 +20,7 @@ DOCS = {  # script -> the doc holding its section (markers included)
     "inference": "performance.md",
     "data": "performance.md",
     "teacher_cache": "performance.md",
+    "threads": "performance.md",
 }
 
 
