@@ -140,3 +140,19 @@ def test_bundle_augmentation_is_transunet_style_and_switchable(tmp_path):
     assert [type(t).__name__ for t in on] == ["RandRotate90d", "RandFlipd", "RandRotated"]
     for switch in (False, "false"):  # the command line passes "--augment false" as a string
         assert _bundle_parser(tmp_path / "data", augment=switch).get_parsed_content("train#augmentation") == []
+
+
+def test_label_map_equals_softmax_then_argmax_and_keeps_the_metadata():
+    from monai.data import MetaTensor
+    from monai.transforms import Activationsd, AsDiscreted, Compose
+
+    from mskd.data import LabelMapd
+
+    torch.manual_seed(0)
+    scores = MetaTensor(torch.randn(9, 6, 5, 4), affine=torch.diag(torch.tensor([0.8, 0.8, 2.5, 1.0])))
+    scores[:, 0, 0, 0] = torch.tensor([0.0, 2.0, 2.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0])  # a tie: the first class wins
+    reference = Compose([Activationsd("pred", softmax=True), AsDiscreted("pred", argmax=True)])({"pred": scores})
+    labels = LabelMapd("pred")({"pred": scores})["pred"]
+    assert labels.shape == (1, 6, 5, 4) and labels.dtype == torch.float32
+    assert torch.equal(labels.as_tensor(), reference["pred"].as_tensor()) and labels[0, 0, 0, 0] == 1
+    assert torch.equal(labels.affine, scores.affine)

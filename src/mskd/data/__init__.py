@@ -17,7 +17,7 @@ from .datalist import (
 )
 from .labels import BTCV_TO_SYNAPSE, HU_WINDOWS, KITS_LABELS, SYNAPSE_LABELS, TASK_LABELS, organ_names
 from .readers import DicomSeriesReader, H5VolumeReader, NpzSliceStackReader
-from .transforms import LoadCased, cached_dataset, intensity_window
+from .transforms import LabelMapd, LoadCased, cached_dataset, intensity_window
 from .writers import AtomicNibabelWriter
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "AtomicNibabelWriter",
     "DicomSeriesReader",
     "H5VolumeReader",
+    "LabelMapd",
     "LoadCased",
     "NpzSliceStackReader",
     "btcv_datalist",
