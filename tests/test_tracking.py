@@ -292,14 +292,16 @@ def test_a_store_creation_killed_midway_leaves_no_store(tmp_path):
     assert os.listdir(folder) == ["mlruns.db"]
 
 
-_OPEN_TIMED = """
-import sys, time
+# MLflow itself never says "cannot write in": the refusal comes from mskd's check, before MLflow's retries start
+_OPEN = """
+import sys
+from mlflow.tracking import MlflowClient
 from mskd.tracking import open_run
-started = time.monotonic()
+MlflowClient.__init__ = lambda *a, **k: sys.exit("MLflow was contacted")
 try:
     open_run(sys.argv[1], "e", "r")
 except SystemExit as e:
-    print(f"exit {e.code} after {time.monotonic() - started:.1f} s")
+    print(f"exit {e.code}")
 """
 
 
@@ -321,10 +323,9 @@ def test_a_store_in_a_folder_this_process_cannot_write_is_refused_at_once():
         folder.mkdir(mode=0o555)
         uri = path_to_sqlite_uri(str(folder / "mlruns.db"))
         env = {**os.environ, "HOME": base, "MPLCONFIGDIR": base}
-        cmd = [*prefix, sys.executable, "-c", _OPEN_TIMED, uri]
+        cmd = [*prefix, sys.executable, "-c", _OPEN, uri]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-    seconds = float(re.fullmatch(r"exit 2 after (\S+) s\n", proc.stdout).group(1))
-    assert seconds < 5  # MLflow alone retries for two minutes
+    assert proc.stdout == "exit 2\n", proc.stdout + proc.stderr
     [line] = [line for line in proc.stderr.splitlines() if line.startswith("mskd:")]
     assert line == (
         f"mskd: MLflow tracking store {uri!r} is unreachable or invalid (cannot write in {folder} (Permission "
