@@ -42,8 +42,8 @@ browser:
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/ruff format --check src tests benchmarks tools
 
 # Performance benchmarks (not run by CI): results go to docs/.
 bench: install
@@ -64,7 +64,7 @@ gpu-check: install
 
 # Figures in docs/ that are generated from code and data (the real CT sample lives outside the repository).
 figures: install
-	$(BIN)/python -m mskd.visualize phantom-vs-real --out docs/figures/phantom_vs_real.png \
+	$(BIN)/python tools/phantom_vs_real.py --out docs/figures/phantom_vs_real.png \
 		--real-image $(REAL_CT)/example_ct.nii.gz --real-label $(REAL_CT)/example_ct_seg_btcv13.nii.gz
 
 # The MLflow dashboard of a store (default: the demo's) at http://127.0.0.1:$(MLFLOW_PORT); any other store with

@@ -50,7 +50,7 @@ def bundle_config(dataset_dir: Path, args: Any, distill: bool, **overrides: Any)
             "amp": False,
             "mlflow": False,
             "resume": False,
-            "train#handlers": [],
+            "train#handlers": {},
             **overrides,
         }
     )

@@ -10,7 +10,7 @@ run that would start after it is recorded as skipped):
 
 - **stacks** (:func:`check_stacks`): each config stack of both bundles (teacher = ``train_teacher.json``, student
   alone = + ``train_student.json``, distillation = + ``distill.json``, evaluation of each = + ``evaluate.json``,
-  inference = ``inference.json``) through :func:`mskd.workflows.run_bundle` on generated phantoms, a few iterations,
+  inference = ``inference.json``) through :meth:`mskd.bundle.Bundle.run` on generated phantoms, a few iterations,
   ``mlflow=False``, outputs in a temporary folder. Precision modes (:data:`MODES`): ``fp16`` is the bundles' CUDA
   default (``amp: true``: ``torch.autocast`` float16 and MONAI's GradScaler); ``bf16`` adds the trainer/evaluator
   argument ``amp_kwargs: {dtype: bfloat16}`` as an override (the bundles have **no AMP dtype key**; MONAI still
@@ -191,7 +191,7 @@ def _relative(a: float, b: float) -> float:
 
 def stack_plan(modes: dict[str, tuple[str, ...]]) -> list[tuple[str, str, str, tuple[str, ...]]]:
     """``(bundle, mode, stack name, config files)`` in run order: each training stack, its evaluation, inference."""
-    from mskd.workflows import EVALUATE, STACKS
+    from mskd.bundle import EVALUATE, STACKS
 
     plan = []
     for bundle, bundle_modes in modes.items():
@@ -270,8 +270,8 @@ def check_stacks(
     sizes: Sizes, device: torch.device, workdir: Path, clock: Clock, modes: dict[str, tuple[str, ...]]
 ) -> dict[str, Any]:
     """Run every stack of :func:`stack_plan` on phantoms; each row says what was in force and ``status`` ok/failed."""
+    from mskd.bundle import Bundle
     from mskd.data.phantom import generate_phantom_dataset
-    from mskd.workflows import run_bundle
 
     rows = []
     data = {}
@@ -316,7 +316,7 @@ def check_stacks(
             )
         start = time.perf_counter()
         try:
-            result = _in_force(run_bundle(common.ROOT / "bundles" / bundle, files, **overrides), stack)
+            result = _in_force(Bundle(common.ROOT / "bundles" / bundle).run(files, **overrides), stack)
             losses = result.get("loss", {}).values()
             ok = result["iterations"] > 0 and all(math.isfinite(v) for v in losses) and result.get("outputs") != 0
             ok = ok and not (stack.endswith("+evaluate") and result["test_mean_dice"] is None)
@@ -557,7 +557,7 @@ def check_multi_gpu(sizes: Sizes, device: torch.device, workdir: Path, clock: Cl
     torch.save(get_network(sizes.teacher, 1, common.NUM_CLASSES).state_dict(), teacher_ckpt)
     recorder = {"_target_": "mskd.distributed.RecordSamples", "out_dir": str(root / "samples")}
     record = root / "record.json"
-    record.write_text(json.dumps({"+train#handlers": [{**recorder, "name": "train", "network": "@network"}]}))
+    record.write_text(json.dumps({"+train#handlers": {"record": {**recorder, "name": "train", "network": "@network"}}}))
     files = ["train_teacher.json", "distill.json", "multi_gpu_distill.json", str(record)]
     overrides = {
         "dataset_dir": root / "data",
@@ -652,7 +652,7 @@ def markdown(parts: dict[str, Any], meta: dict[str, Any]) -> str:
     stacks = parts["stacks"]
     lines += [
         f"**Bundle stacks** ({stacks['status']}{': ' + stacks['error'] if 'error' in stacks else ''}): phantom data, "
-        "`mlflow=False`, through `mskd.workflows.run_bundle`.",
+        "`mlflow=False`, through `mskd.bundle.Bundle.run`.",
         "",
         "| bundle | stack | mode | autocast | grad scaler | channels_last | compile | teacher_autocast | iterations "
         "| loss / test Dice | s | status |",

@@ -4,9 +4,12 @@ Writes ``docs/benchmarks/networks.json`` and the table of ``docs/networks.md`` (
 
     MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 python benchmarks/networks.py
 
-Latency: batch 1, 1×224×224 input, eval mode under ``torch.inference_mode()``, ``--threads`` CPU threads, the median
-of ``--repeats`` runs after ``--warmup`` runs. FLOPs: ``torch.utils.flop_counter`` (one multiply-add = 2 FLOPs;
-convolutions, matrix products and attention only, as that counter does).
+Latency: batch 1, 1×224×224 input (``--size``), ``--classes`` output channels (default 9, the Synapse label set), eval
+mode under ``torch.inference_mode()``, ``--threads`` CPU threads, the median of ``--repeats`` runs after ``--warmup``
+runs. The networks of an ``mskd experiment`` are timed here, not in its report (its runs share the cores): pass
+``--networks``, ``--size``, ``--threads`` and ``--classes`` as the report's header names them, and ``--out``/``--doc``
+elsewhere to keep the 224² results. FLOPs: ``torch.utils.flop_counter`` (one multiply-add = 2 FLOPs; convolutions,
+matrix products and attention only, as that counter does).
 """
 
 from __future__ import annotations
@@ -29,10 +32,10 @@ REFERENCE = {
 BEGIN, END = "<!-- networks-table:begin -->", "<!-- networks-table:end -->"
 
 
-def measure(name: str, size: int, warmup: int, repeats: int) -> dict:
-    """Parameters, GFLOPs, latency and taps of one network at ``size``² (9 classes, 1 input channel)."""
+def measure(name: str, size: int, warmup: int, repeats: int, classes: int = 9) -> dict:
+    """Parameters, GFLOPs, latency and taps of one network at ``size``² (``classes`` outputs, 1 input channel)."""
     torch.manual_seed(0)
-    net = get_network(name, in_channels=1, out_channels=9).eval()
+    net = get_network(name, in_channels=1, out_channels=classes).eval()
     x = torch.rand(1, 1, size, size)
 
     def forward() -> None:
@@ -54,7 +57,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines = [
         common.provenance("networks.py", meta),
         "",
-        f"Batch 1, 1×{meta['size']}×{meta['size']}, 9 classes, wall-clock latency.",
+        f"Batch 1, 1×{meta['size']}×{meta['size']}, {meta['classes']} classes, wall-clock latency.",
         "",
         "| network | params | GFLOPs | CPU latency (ms) | published params | reference (params / latency) "
         "| taps (stride) |",
@@ -73,12 +76,13 @@ def markdown(rows: list[dict], meta: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark with the command line ``argv`` (default ``sys.argv[1:]``)."""
     p = common.parser(__doc__.splitlines()[0], NETWORKS, "networks", "docs/networks.md", repeats=10)
+    p.add_argument("--classes", type=int, default=9, help="output channels of every network (default 9, Synapse)")
     args = common.parse_args(p, quick={"networks": ["tiny_unet"], "size": 64}, argv=argv)
 
-    meta = common.machine(args)
+    meta = common.machine(args, classes=args.classes)
     rows = []
     for name in args.networks:
-        rows.append(measure(name, args.size, args.warmup, args.repeats))
+        rows.append(measure(name, args.size, args.warmup, args.repeats, args.classes))
         print(
             f"{name:18s} {rows[-1]['params']:>12,} params {rows[-1]['gflops']:8.2f} GFLOPs "
             f"{rows[-1]['latency_ms']:8.1f} ms"

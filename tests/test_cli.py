@@ -1,3 +1,4 @@
+import argparse
 import json
 import logging
 import os
@@ -16,14 +17,14 @@ TRAINING = {"train-teacher": "teacher", "train-student": "baseline", "distill": 
 
 def test_phantom_command_writes_a_dataset(tmp_path, capsys):
     out = tmp_path / "ph"
-    assert main(["phantom", "--out", str(out), "--cases", "3", "--size", "24", "24", "16", "--seed", "1"]) == 0
+    assert main(["phantom", "--output-dir", str(out), "--cases", "3", "--size", "24", "24", "16", "--seed", "1"]) == 0
     content = json.loads((out / "dataset.json").read_text())
     assert content["numTraining"] + content["numTest"] == 3
     assert f"wrote {out / 'dataset.json'}" in capsys.readouterr().out
 
 
 def test_known_errors_are_one_line_and_exit_1(tmp_path, capsys):
-    assert main(["phantom", "--out", str(tmp_path / "x"), "--cases", "0"]) == 1
+    assert main(["phantom", "--output-dir", str(tmp_path / "x"), "--cases", "0"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("mskd phantom: error:") and "\n" not in err
 
@@ -33,7 +34,7 @@ def test_demo_refuses_a_folder_that_is_not_a_bundle(tmp_path, capsys):
     assert "is not an mskd bundle" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [[], ["phantom"], ["phantom", "--out", "x", "--task", "brain"], ["nope"]])
+@pytest.mark.parametrize("argv", [[], ["phantom"], ["phantom", "--output-dir", "x", "--task", "brain"], ["nope"]])
 def test_usage_errors_exit_2(argv):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -58,7 +59,7 @@ def test_every_command_has_help_with_an_example(command, capsys):
     [
         ["train-teacher", "--set", "image_size"],  # no '='
         ["train-teacher", "--set", "=3"],
-        ["distill", "--epochs", "many"],
+        ["distill", "--max-epochs", "many"],
         ["evaluate", "--method", "student"],
         ["experiment"],  # the file is required
     ],
@@ -75,24 +76,28 @@ def test_workflow_usage_errors_exit_2_naming_the_flag(argv, capsys):
     [
         (["train-teacher"], {}),
         (
-            ["distill", "--dataset-dir", "D", "--data-format", "btcv", "--teacher", "unet", "--epochs", "3"],
+            ["distill", "--dataset-dir", "D", "--data-format", "btcv", "--teacher", "unet", "--max-epochs", "3"],
             {"dataset_dir": "D", "data_format": "btcv", "teacher": "unet", "max_epochs": 3},
+        ),
+        (
+            ["evaluate", "--image-size", "48", "--student", "enet"],
+            {"image_size": 48, "student": "enet"},
         ),
         (
             ["train-student", "--output-dir", "out", "--seed", "2", "--student", "enet"],
             {"output_dir": "out", "ckpt_dir": os.path.join("out", "models"), "seed": 2, "student": "enet"},
         ),
         (  # --set values are JSON when they parse as JSON, strings otherwise; --set wins over the flags
-            ["train-teacher", "--epochs", "3", "--set", "max_epochs=5", "--set", "teacher=transunet_small"]
+            ["train-teacher", "--max-epochs", "3", "--set", "max_epochs=5", "--set", "teacher=transunet_small"]
             + ["--set", "mlflow=false", "--set", 'tracking_tags_extra={"experiment": "e1"}']
-            + ["--set", "pixdim=[1, 2, 3]", "--set", "train::handlers#0#print_lr=true"],
+            + ["--set", "pixdim=[1, 2, 3]", "--set", "train::handlers#lr_schedule#print_lr=true"],
             {
                 "max_epochs": 5,
                 "teacher": "transunet_small",
                 "mlflow": False,
                 "tracking_tags_extra": {"experiment": "e1"},
                 "pixdim": [1, 2, 3],
-                "train::handlers#0#print_lr": True,
+                "train::handlers#lr_schedule#print_lr": True,
             },
         ),
     ],
@@ -100,7 +105,155 @@ def test_workflow_usage_errors_exit_2_naming_the_flag(argv, capsys):
 def test_workflow_flags_become_bundle_overrides(argv, expected, monkeypatch):
     calls = fake_workflows(monkeypatch)
     assert main([*argv, "--bundle", BUNDLE]) == 0
-    assert calls == [("train", BUNDLE, TRAINING[argv[0]], expected)]
+    workflow, method = ("train", TRAINING[argv[0]]) if argv[0] in TRAINING else ("evaluate", "mskd")
+    assert calls == [(workflow, BUNDLE, method, expected)]
+
+
+# command -> each of its flags -> the bundle config id it sets (None: not a bundle value), hand-written from the
+# bundles' configs; the flag of an id is `--` + the id with `-` for `_`, the same in every command
+WORKFLOW_FLAGS = {
+    "--bundle": None,
+    "--dataset-dir": "dataset_dir",
+    "--data-format": "data_format",
+    "--teacher": "teacher",
+    "--student": "student",
+    "--image-size": "image_size",
+    "--seed": "seed",
+    "--output-dir": "output_dir",
+    "--set": None,
+    "--allow-code": None,
+}
+STUDENT_FLAGS = {"--bundle": None, "--ckpt-path": "ckpt_path", "--student": "student", "--image-size": "image_size"}
+FLAGS = {
+    "phantom": {  # no bundle: the arguments of generate_phantom_dataset
+        **dict.fromkeys(["--task", "--output-dir", "--cases", "--test-cases", "--seed", "--size", "--difficulty"]),
+        "--fov-jitter": None,
+    },
+    **{command: {**WORKFLOW_FLAGS, "--max-epochs": "max_epochs"} for command in TRAINING},
+    "evaluate": {"--method": None, **WORKFLOW_FLAGS},
+    "experiment": dict.fromkeys(["--workdir", "--dry-run", "--allow-code"]),
+    "bench": {"--quick": None},
+    "demo": dict.fromkeys(["--workdir", "--bundle", "--quick"]),
+    "predict": {"--input": "input", "--output-dir": "output_dir", **STUDENT_FLAGS},
+    "export": {"--format": None, "--output-file": None, **STUDENT_FLAGS},
+}
+CONFIG = {"predict": "inference.json", "export": "inference.json"}  # where the ids are; else train_teacher.json
+INTEGERS = {"image_size", "seed", "max_epochs"}
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = cli.build_parser()
+    [action] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]  # no public accessor
+    return action.choices
+
+
+def bundle_ids(command: str) -> list[str]:
+    return [key for key in FLAGS[command].values() if key is not None]
+
+
+def test_the_flag_table_has_every_command():
+    assert sorted(subcommands()) == sorted(FLAGS)
+
+
+@pytest.mark.parametrize("command", FLAGS)
+def test_flags_map_one_to_one_onto_bundle_ids(command):
+    flags = {
+        flag: action.dest
+        for action in subcommands()[command]._actions
+        for flag in action.option_strings
+        if flag not in ("-h", "--help", "--debug")
+    }
+    assert sorted(flags) == sorted(FLAGS[command])  # no other flag, no other spelling
+    keys = json.loads((Path(BUNDLE) / "configs" / CONFIG.get(command, "train_teacher.json")).read_text())
+    for flag, key in FLAGS[command].items():
+        if key is not None:
+            assert (flag, flags[flag]) == ("--" + key.replace("_", "-"), key) and key in keys
+
+
+@pytest.mark.parametrize("command", [*TRAINING, "evaluate"])
+def test_every_workflow_flag_becomes_its_override(command, monkeypatch):
+    calls = fake_workflows(monkeypatch)
+    argv = [word for key in bundle_ids(command) for word in ("--" + key.replace("_", "-"), "7")]
+    assert main([command, "--bundle", BUNDLE, *argv]) == 0
+    expected = {key: 7 if key in INTEGERS else "7" for key in bundle_ids(command)}
+    assert calls[0][3] == {**expected, "ckpt_dir": os.path.join("7", "models")}
+
+
+@pytest.mark.parametrize("command", [command for command in FLAGS if bundle_ids(command)])
+def test_every_flag_also_takes_the_bundles_spelling(command):
+    parse = cli.build_parser().parse_args
+    hyphens = [word for key in bundle_ids(command) for word in ("--" + key.replace("_", "-"), "7")]
+    underscores = [word for key in bundle_ids(command) for word in (f"--{key}", "7")]
+    joined = [f"--{key}=7" for key in bundle_ids(command)]
+    expected = vars(parse([command, *hyphens]))
+    assert vars(parse([command, *underscores])) == vars(parse([command, *joined])) == expected
+    assert all(expected[key] == (7 if key in INTEGERS else "7") for key in bundle_ids(command))
+
+
+REPORT = {"path": "s.onnx", "format": "onnx", "size_bytes": 1e6, "max_abs_diff": 0.0, "tolerance": 1e-4}
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (
+            ["predict", "--input", "ct.nii.gz", "--output-dir", "pred", "--ckpt-path", "m.pt", "--image-size", "48"],
+            ("predict", "bundles/mskd_synapse", "ct.nii.gz", "pred", "m.pt", None, 48),
+        ),
+        (  # the bundle's spelling, as after `monai.bundle run ... inference.json`
+            ["predict", "--input", "ct.nii.gz", "--output_dir", "pred", "--ckpt_path", "m.pt", "--student", "enet"],
+            ("predict", "bundles/mskd_synapse", "ct.nii.gz", "pred", "m.pt", "enet", None),
+        ),
+        (
+            ["export", "--output-file", "s.ts", "--format", "torchscript", "--ckpt_path=m.pt", "--bundle", "B"],
+            ("export", "B", "m.pt", "s.ts", "torchscript", None, None),
+        ),
+    ],
+)
+def test_predict_and_export_flags_reach_their_functions(argv, expected, monkeypatch):
+    import mskd.export
+    import mskd.predict
+
+    calls = []
+    monkeypatch.setattr(mskd.predict, "predict", lambda *args: calls.append(("predict", *args)) or [])
+    monkeypatch.setattr(mskd.export, "bundle_export", lambda *args: calls.append(("export", *args)) or REPORT)
+    assert main(argv) == 0
+    assert calls == [expected]
+
+
+@pytest.mark.parametrize(
+    "argv, unknown",
+    [
+        (["phantom", "--output-dir", "x", "--image_size", "48"], "--image_size"),  # a flag of others, not of phantom
+        (["train-teacher", "--learning_rate", "0.1"], "--learning_rate"),  # a bundle id without a flag: --set
+        (["predict", "--input", "a", "--output-dir", "b", "--max_epochs=2"], "--max_epochs=2"),
+    ],
+)
+def test_an_unknown_flag_keeps_the_argparse_error(argv, unknown, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"mskd: error: unrecognized arguments: {unknown}")
+
+
+RENAMED = [
+    ("phantom", "--out", "--output-dir"),
+    *[(command, "--epochs", "--max-epochs") for command in TRAINING],
+    ("predict", "--output", "--output-dir"),
+    ("predict", "--checkpoint", "--ckpt-path"),
+    ("export", "--out", "--output-file"),
+    ("export", "--checkpoint", "--ckpt-path"),
+]
+
+
+@pytest.mark.parametrize("command, old, new", RENAMED)
+@pytest.mark.parametrize("joined", [False, True])
+def test_an_old_flag_is_refused_naming_the_new_one(command, old, new, joined, capsys):
+    assert new in FLAGS[command]
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, f"{old}=1"] if joined else [command, old, "1"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"mskd {command}: error: {old} was renamed: use {new}"
 
 
 def fake_workflows(monkeypatch, error: BaseException | None = None) -> list:
@@ -130,9 +283,12 @@ def test_experiment_calls_run_experiment(monkeypatch, tmp_path):
     monkeypatch.setattr(mskd.experiment, "run_experiment", lambda *a, **k: calls.append((a, k)))
     assert main(["experiment", "matrix.yaml", "--workdir", str(tmp_path), "--dry-run"]) == 0
     assert main(["experiment", "matrix.yaml", "--allow-code"]) == 0
+    assert main(["experiment", "matrix.yaml", "--report_only"]) == 0
+    common = {"workdir": None, "dry_run": False, "allow_code": False, "report_only": False}
     assert calls == [
-        (("matrix.yaml",), {"workdir": str(tmp_path), "dry_run": True, "allow_code": False}),
-        (("matrix.yaml",), {"workdir": None, "dry_run": False, "allow_code": True}),
+        (("matrix.yaml",), {**common, "workdir": str(tmp_path), "dry_run": True}),
+        (("matrix.yaml",), {**common, "allow_code": True}),
+        (("matrix.yaml",), {**common, "report_only": True}),
     ]
 
 
@@ -291,9 +447,9 @@ def test_logged_tracebacks_are_dropped_without_debug(debug, monkeypatch, caplog)
         (["distill"], "kd_weigth", "train_teacher.json, distill.json", "kd_weight"),
         (
             ["train-student"],
-            "train#handlers#0#print_lrr",
+            "train#handlers#lr_schedule#print_lrr",
             "train_teacher.json, train_student.json",
-            "train#handlers#0#print_lr",
+            "train#handlers#lr_schedule#print_lr",
         ),
         (
             ["evaluate", "--method", "baseline"],
@@ -327,7 +483,12 @@ def test_every_refused_override_has_its_line(monkeypatch, capsys):
 
 def test_set_keys_of_the_stack_and_its_metadata_are_accepted(monkeypatch):
     calls = fake_workflows(monkeypatch)
-    sets = {"_meta_#version": "9.9.9", "train::handlers#0#print_lr": True, "kd_weight": 2, "seg_loss#lambda_ce": 1}
+    sets = {
+        "_meta_#version": "9.9.9",
+        "train::handlers#lr_schedule#print_lr": True,
+        "kd_weight": 2,
+        "seg_loss#lambda_ce": 1,
+    }
     argv = ["distill", "--bundle", BUNDLE] + [a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v)}")]
     assert main(argv) == 0
     assert calls == [("train", BUNDLE, "mskd", sets)]
@@ -386,8 +547,8 @@ def test_workflow_help_names_allow_code(command, capsys):
 
 def test_openmp_threads_wait_passively_unless_the_user_chose(monkeypatch, tmp_path):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    main(["phantom", "--out", str(tmp_path / "a"), "--cases", "2", "--size", "8", "8", "4"])
+    main(["phantom", "--output-dir", str(tmp_path / "a"), "--cases", "2", "--size", "8", "8", "4"])
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    main(["phantom", "--out", str(tmp_path / "b"), "--cases", "2", "--size", "8", "8", "4"])
+    main(["phantom", "--output-dir", str(tmp_path / "b"), "--cases", "2", "--size", "8", "8", "4"])
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

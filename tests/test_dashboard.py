@@ -1,7 +1,7 @@
 """The MLflow dashboard in a real browser: a tiny bundle run, ``make mlflow-ui`` on its store, pages read in Chromium.
 
 The run is ``train_teacher.json`` as it ships, so the dashboard handlers are checked as the bundle wires them.
-Rendering and serving are :mod:`mskd.dashboard`'s (the same code pictures the README's dashboard); screenshots are
+Rendering and serving are ``tools/dashboard.py``'s (the same code pictures the README's dashboard); screenshots are
 kept in ``tmp_path``.
 """
 
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from mskd.dashboard import chromium, free_port, render, runs_url, serve, wait_until_up
 from mskd.data.phantom import generate_phantom_dataset
 from tests.bundles.runner import BUNDLES, CPU_NETWORKS, TINY, mlflow_runs, output_dirs, run_bundle
 from tests.mlflow_store import copy_store
+from tools.dashboard import chromium, free_port, render, runs_url, serve, wait_until_up
 
 pytestmark = pytest.mark.e2e
 
@@ -98,8 +98,8 @@ def test_runs_table_and_run_page_in_chromium(dashboard, tmp_path):
 
 
 def test_dashboard_figures_of_a_store(dashboard, tmp_path, capsys):
-    """``python -m mskd.dashboard``: the runs table of the bundle's view as a PNG, and an evaluation's test overlay."""
-    from mskd.dashboard import main
+    """``python tools/dashboard.py``: the runs table of the bundle's view as a PNG, and an evaluation's test overlay."""
+    from tools.dashboard import main
 
     _, root = dashboard
     out, overlay = tmp_path / "figures" / "dashboard.png", tmp_path / "figures" / "overlay.png"

@@ -30,3 +30,14 @@ def test_quick_demo_runs_every_stage_and_reads_back_the_table(tmp_path, monkeypa
     assert "tiny_unet_from_unet-mskd-s0-test" in report and "total:" in report
     assert (tmp_path / "demo" / "models" / "model.pt").is_file()
     assert QUICK.test_cases == 1
+
+
+@pytest.mark.e2e
+def test_the_quick_demo_runs_on_the_kits_bundle_with_its_own_task(tmp_path, monkeypatch):
+    """The demo takes its task, organs and experiment from the bundle: KiTS phantoms, kidney and tumour."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    rows = run_demo(tmp_path / "demo", bundle=BUNDLE.parent / "mskd_kits", quick=True)
+    assert set(rows) == {"unet-teacher-s0-test", "tiny_unet-baseline-s0-test", "tiny_unet_from_unet-mskd-s0-test"}
+    for metrics in rows.values():
+        assert {"test_dice_kidney", "test_dice_tumour"} <= set(metrics) and "test_dice_liver" not in metrics
+    assert "| kidney | tumour |" in (tmp_path / "demo" / "results.md").read_text()

@@ -52,7 +52,7 @@ COVERED: dict[str, Covered] = {
         "tests/test_dashboard.py::test_runs_table_and_run_page_in_chromium",
         "serves a store given by MLFLOW_STORE with this make target",
     ),
-    "python -m mskd.dashboard --store demo/output/mlruns.db --out docs/figures/dashboard.png --overlay-run "
+    "python tools/dashboard.py --store demo/output/mlruns.db --out docs/figures/dashboard.png --overlay-run "
     "tiny_unet_from_unet-mskd-s0-test --overlay-out docs/figures/overlay.png": Covered(
         "tests/test_dashboard.py::test_dashboard_figures_of_a_store",
         "the same command on the store of a tiny run (the demo's store exists after `make demo`)",
@@ -66,14 +66,14 @@ COVERED: dict[str, Covered] = {
         "every script at --quick; that mskd bench runs them: tests/test_cli.py (subprocess calls recorded)",
     ),
     # the mskd commands of the README and the quickstart, CPU-sized
-    "mskd train-teacher --dataset-dir data/phantom --output-dir runs/phantom --teacher unet --set image_size=96 "
-    "--epochs 40": CLI_RUN,
+    "mskd train-teacher --dataset-dir data/phantom --output-dir runs/phantom --teacher unet --image-size 96 "
+    "--max-epochs 40": CLI_RUN,
     "mskd distill --dataset-dir data/phantom --output-dir runs/phantom --teacher unet --student tiny_unet "
-    "--set image_size=96 --epochs 40": CLI_RUN,
+    "--image-size 96 --max-epochs 40": CLI_RUN,
     "mskd evaluate --method mskd --dataset-dir data/phantom --output-dir runs/phantom --teacher unet "
-    "--student tiny_unet --set image_size=96": CLI_RUN,
-    "mskd predict --input data/phantom/imagesTr/synapse_phantom_0015.nii.gz --output runs/phantom/predictions "
-    "--checkpoint runs/phantom/models/model.pt --image-size 96": Covered(
+    "--student tiny_unet --image-size 96": CLI_RUN,
+    "mskd predict --input data/phantom/imagesTr/synapse_phantom_0015.nii.gz --output-dir runs/phantom/predictions "
+    "--ckpt-path runs/phantom/models/model.pt --image-size 96": Covered(
         E2E + "test_cli_predict_and_export_wrap_the_bundle", "the same flags on a distilled tiny student"
     ),
     # troubleshooting
@@ -218,7 +218,7 @@ def _run(command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
             assert "example:" in capsys.readouterr().out
         else:
             assert main(words[1:]) == 0
-            out = words[words.index("--out") + 1]
+            out = words[words.index("--output-dir") + 1]
             assert json.loads((tmp_path / out / "dataset.json").read_text())["numTraining"] > 0
         return True
     if words[:4] == ["python", "-m", "monai.bundle", "verify_metadata"]:
@@ -232,6 +232,10 @@ def _run(command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
 
 @pytest.mark.parametrize("where, command", documented(), ids=[where for where, _ in documented()])
 def test_documented_command(where, command, tmp_path, monkeypatch, capsys):
+    if command.startswith("mskd "):  # parses as documented (a renamed or mistyped flag fails here), even if not run
+        from mskd.cli import build_parser
+
+        build_parser().parse_args(shlex.split(command)[1:])
     if _run(command, tmp_path, monkeypatch, capsys):
         _RAN.add(command)
         return

@@ -1,4 +1,5 @@
-"""The experiment runner: file checks, the run plan, the summary maths, and a tiny matrix end to end (resumed)."""
+"""The experiment package: file checks (spec), the run plan and workdir files (plan), the summary maths and report
+(report), the runner's pieces, and a tiny matrix end to end (resumed)."""
 
 import csv
 import json
@@ -19,6 +20,10 @@ from mskd.experiment import (
     run_experiment,
     summarise_results,
 )
+from mskd.experiment.plan import Workdir, evaluation_run_name, run_name, teacher_run_name
+from mskd.experiment.report import finished_rows, parameter_counts
+from mskd.experiment.runner import _base_overrides, _read_summary
+from mskd.networks import count_parameters, get_network
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "configs" / "experiments"
@@ -149,9 +154,14 @@ def test_summary_mean_and_sample_std_and_gap_closed(tmp_path):
     assert no_kd["dice_mean_std"] == pytest.approx(math.sqrt(0.02))
     assert math.isnan(next(s for s in summary if s["method"] == "teacher")["dice_mean_std"])
     cfg = load_experiment(write(tmp_path, small_cfg(methods={"no_kd": {"distill": False}, "kd": {}})))
-    text = format_results(cfg, rows, ["liver"], {"enet": {"params": 1234, "latency_ms": 2.5}}, wall_s=120)
-    assert "| enet | no_kd | 2 | 1,234 | 2.5 | 60.0 ± 14.1 | 6.0 ± 1.4 |  |" in text
-    assert "| enet | kd | 2 | 1,234 | 2.5 | 70.0 ± 0.0 | 7.0 ± 0.0 | +50 % |" in text
+    text = format_results(cfg, rows, ["liver"], {"enet": 1234}, wall_s=120)
+    assert "| enet | no_kd | 2 | 1,234 | 60.0 ± 14.1 | 6.0 ± 1.4 |  |" in text
+    assert "| enet | kd | 2 | 1,234 | 70.0 ± 0.0 | 7.0 ± 0.0 | +50 % |" in text
+    assert "| unet | teacher | 1 | 0 | 80.0 | 8.0 |" in text  # a network without a count shows 0
+    # latency is not timed in the report: the header names the benchmark and its flags for these networks and inputs
+    assert "CPU ms" not in text
+    assert "`--networks unet tiny_unet --size 32 --threads " in text and "--classes 2`" in text
+    assert "`benchmarks/networks.py` measures it" in text
     assert "sum of run times 6.0 min" in text  # six runs of a minute: the unchosen candidate ran too
     assert "Partial" not in text
     partial = format_results(cfg, rows, ["liver"], {}, wall_s=120, planned=9)
@@ -194,6 +204,14 @@ def test_tiny_matrix_end_to_end_nested_and_resumable(tmp_path, capsys):
     again = client.search_runs([experiment.experiment_id])
     assert len(again) == len(runs)
     assert json.loads((tmp_path / "work" / "results" / "unet-teacher-s0.json").read_text())["run"] == "unet-teacher-s0"
+
+    # --report-only rewrites the same tables from the stored runs, training nothing and opening no run
+    (out / "results.csv").unlink()
+    run_experiment(path, workdir=tmp_path / "work", report_only=True)
+    with open(out / "results.csv", encoding="utf-8") as f:
+        assert list(csv.DictReader(f)) == rows
+    assert "tables rewritten from the stored runs" in (out / "results.md").read_text(encoding="utf-8")
+    assert len(client.search_runs([experiment.experiment_id])) == len(runs)
 
 
 def test_a_failing_run_names_itself_and_its_log(tmp_path):
@@ -267,6 +285,11 @@ def test_learning_speed_from_validation_curves():
     assert math.isnan(bare["val_dice_short"]) and math.isnan(bare["steps_to_target"])
 
 
+def test_report_only_needs_finished_runs(tmp_path):
+    with pytest.raises(ExperimentError, match="no finished run in .* to report"):
+        run_experiment(write(tmp_path, small_cfg()), workdir=tmp_path / "empty", report_only=True)
+
+
 def test_changed_data_is_refused_where_runs_were_made_on_other_data(tmp_path):
     work = tmp_path / "work"
     (work / "results").mkdir(parents=True)
@@ -275,3 +298,80 @@ def test_changed_data_is_refused_where_runs_were_made_on_other_data(tmp_path):
     with pytest.raises(ExperimentError, match=r"data.phantom is now .* but the runs in .*work were made on"):
         run_experiment(write(tmp_path, small_cfg()), workdir=work)
     assert not (work / "data" / "dataset.json").exists()  # nothing regenerated over the old runs' data
+
+
+@pytest.mark.parametrize(
+    "model, method, seed, expected",
+    [
+        ("unet", "teacher", 0, "unet-teacher-s0"),
+        ("tiny_unet", "no_kd", 2, "tiny_unet-no_kd-s2"),
+        ("tiny_unet_from_unet", "mskd-c1", 0, "tiny_unet_from_unet-mskd-c1-s0"),
+    ],
+)
+def test_run_names(model, method, seed, expected):
+    assert run_name(model, method, seed) == expected
+    assert evaluation_run_name(expected) == f"{expected}-test"
+
+
+def test_every_file_of_a_run_is_named_after_it(tmp_path):
+    files = Workdir(tmp_path)
+    name = "tiny_unet_from_unet-mskd-c1-s0"
+    assert files.config(name) == tmp_path / "configs" / f"{name}.json"
+    assert files.log(name) == tmp_path / "logs" / f"{name}.log"
+    assert files.result(name) == tmp_path / "results" / f"{name}.json"
+    assert files.checkpoint(name) == tmp_path / "models" / f"{name}.pt"
+    assert files.test_summary(name) == tmp_path / "output" / f"{name}-test_metrics_summary.csv"
+    assert (files.data, files.data_stamp, files.parent_run_file) == (
+        tmp_path / "data",
+        tmp_path / "data.json",
+        tmp_path / "parent_run_id",
+    )
+    files.make()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["configs", "logs", "models", "output", "results"]
+    assert not files.finished(name) and not files.has_results()
+    files.result(name).write_text(json.dumps({"run": name}))
+    assert files.finished(name) and files.has_results() and files.read_result(name) == {"run": name}
+
+
+def test_every_run_distils_from_the_teacher_runs_checkpoint(tmp_path):
+    cfg = load_experiment(write(tmp_path, small_cfg()))
+    files = Workdir(tmp_path / "work")
+    base = _base_overrides(cfg, files, (tmp_path / "data", "msd", "synapse"))
+    assert teacher_run_name(cfg) == plan_runs(cfg)[0].name == "unet-teacher-s0"
+    assert base["teacher_ckpt"] == str(tmp_path / "work" / "models" / "unet-teacher-s0.pt")
+    assert (base["output_dir"], base["ckpt_dir"]) == (str(files.output), str(files.models))
+    assert base["experiment_name"] == "mskd_tiny" and base["image_size"] == 32 and base["dataset_dir"].endswith("data")
+
+
+def test_read_summary_takes_dice_and_hd95_per_organ(tmp_path):
+    path = tmp_path / "r-test_metrics_summary.csv"
+    path.write_text("organ,n,dice_mean,hd95_mm_mean\nliver,2,0.9,12.5\ngallbladder,2,0.0,\nmean,2,0.45,12.5\n")
+    row = _read_summary(path)
+    assert row["dice_liver"] == 0.9 and row["hd95_liver"] == 12.5 and row["dice_mean"] == 0.45
+    assert row["dice_gallbladder"] == 0.0 and math.isnan(row["hd95_gallbladder"])  # no HD95: an empty cell
+
+
+def test_finished_rows_in_plan_order_with_unchosen_candidates_marked(tmp_path):
+    cfg = load_experiment(write(tmp_path, small_cfg()))
+    files = Workdir(tmp_path / "work")
+    files.make()
+    chosen = {("tiny_unet", "mskd"): 1}
+    runs = plan_runs(cfg, chosen)
+    for run in reversed(runs[:4]):  # written out of order; the teacher, no_kd, both candidates; not the last seed
+        files.result(run.name).write_text(json.dumps({"run": run.name}))
+    rows = finished_rows(cfg, files, chosen)
+    assert [r["run"] for r in rows] == [r.name for r in runs[:4]]
+    assert [r["selected"] for r in rows] == [True, True, False, True]  # candidate 0 was not chosen
+
+
+def test_parameter_counts_build_the_networks_as_the_runs_do(tmp_path):
+    overrides = {**TINY, "teacher_kwargs": {"num_res_units": 0}}
+    students = {"tiny_unet": {"student_kwargs": {"num_res_units": 0}}, "enet": {}}
+    cfg = load_experiment(write(tmp_path, small_cfg(overrides=overrides, students=students)))
+    counts = parameter_counts(cfg, 3)
+    assert counts == {
+        "unet": count_parameters(get_network("unet", 1, 3, num_res_units=0)),
+        "tiny_unet": count_parameters(get_network("tiny_unet", 1, 3, num_res_units=0)),
+        "enet": count_parameters(get_network("enet", 1, 3)),
+    }
+    assert counts["tiny_unet"] < count_parameters(get_network("tiny_unet", 1, 3))

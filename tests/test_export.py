@@ -190,7 +190,7 @@ def test_parity_is_nan_when_the_network_gives_nan(checkpoint, tmp_path):
 
 def test_missing_checkpoint_is_named(tmp_path):
     missing = tmp_path / "nowhere" / "model.pt"
-    with pytest.raises(FileNotFoundError, match=r"checkpoint not found: .*nowhere/model\.pt.*--checkpoint"):
+    with pytest.raises(FileNotFoundError, match=r"checkpoint not found: .*nowhere/model\.pt.*--ckpt-path"):
         export_checkpoint("tiny_unet", missing, tmp_path / "out.onnx")
     assert not (tmp_path / "out.onnx").exists()
 
@@ -264,5 +264,7 @@ def test_missing_files_are_named(checkpoint, tmp_path):
         check_onnx_parity(checkpoint[1], tmp_path / "absent.onnx", 32)
     with pytest.raises(FileNotFoundError, match=r"TorchScript file not found: .*absent\.ts"):
         check_torchscript_parity(checkpoint[1], tmp_path / "absent.ts", 32)
-    with pytest.raises(FileNotFoundError, match=r"inference\.json not found; --bundle must be a bundle folder"):
+    with pytest.raises(
+        FileNotFoundError, match=r"not an mskd bundle \(no configs/train_teacher\.json\); pass --bundle"
+    ):
         bundle_export(tmp_path, checkpoint=checkpoint[0])

@@ -15,6 +15,8 @@ from mskd.metrics import (
     CASE_CSV_COLUMNS,
     SUMMARY_CSV_COLUMNS,
     case_metrics,
+    format_columns,
+    format_mean_std,
     format_summary,
     hd95_medpy,
     summarise,
@@ -305,6 +307,34 @@ def test_summarise_hand_computed():
     assert math.isnan(mean["dice_std"])
     table = format_summary(rows)
     assert table.splitlines()[0].startswith("organ") and "0.7000 ± 0.1000" in table and "nan" in table
+
+
+@pytest.mark.parametrize(
+    "mean, std, kwargs, expected",
+    [
+        (0.6, math.sqrt(0.02), {"scale": 100}, "60.0 ± 14.1"),  # Dice in %, the default one decimal
+        (12.345, math.nan, {}, "12.3"),  # one value: no spread
+        (0.7, 0.1, {"digits": 4}, "0.7000 ± 0.1000"),
+        (760.0, 183.3, {"digits": 0}, "760 ± 183"),
+        (math.nan, 0.1, {}, "–"),  # no value at all
+        (math.nan, math.nan, {"missing": "n/a"}, "n/a"),
+        (-0.5, 0.25, {"scale": 2, "digits": 2}, "-1.00 ± 0.50"),
+    ],
+)
+def test_format_mean_std(mean, std, kwargs, expected):
+    assert format_mean_std(mean, std, **kwargs) == expected
+
+
+@pytest.mark.parametrize(
+    "header, rows, indent, expected",
+    [
+        (("a", "bb"), [("xyz", "1"), ("", "22")], "", ["a    bb", "xyz  1", "     22"]),
+        (("organ", "n"), [("liver", "10")], "  ", ["  organ  n", "  liver  10"]),
+        (("only", "header"), [], "", ["only  header"]),
+    ],
+)
+def test_format_columns_pads_to_the_widest_cell(header, rows, indent, expected):
+    assert format_columns(header, rows, indent).splitlines() == expected
 
 
 def test_summarise_errors():

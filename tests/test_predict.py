@@ -3,14 +3,15 @@ that is not the checkpoint's is refused before anything runs."""
 
 from pathlib import Path
 
-import monai.bundle
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
+from mskd.bundle import Bundle
 from mskd.networks import UndescribedCheckpointWarning, checkpoint_metadata, get_network, save_weights
 from mskd.predict import predict
+from mskd.validation import ValidationError
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "mskd_synapse"
 KWARGS = {"channels": [4, 8, 16, 32]}  # not the bundle's tiny_unet: the weights load only with the checkpoint's
@@ -37,7 +38,7 @@ def student(tmp_path):
 def overrides(monkeypatch):
     """What predict hands to the bundle run (the run itself is skipped)."""
     captured = {}
-    monkeypatch.setattr(monai.bundle, "run", lambda **kwargs: captured.update(kwargs))
+    monkeypatch.setattr(Bundle, "run", lambda self, files, **kwargs: captured.update(kwargs))
     return captured
 
 
@@ -65,21 +66,25 @@ def test_the_student_and_its_size_come_from_the_checkpoint(ct, student, override
         ),
     ],
 )
-def test_a_setting_the_checkpoint_was_not_trained_with_is_refused(
-    ct, student, overrides, tmp_path, capsys, monkeypatch, given, expected
-):
-    monkeypatch.delenv("MSKD_DEBUG", raising=False)
-    with pytest.raises(SystemExit) as exit_info:
+def test_a_setting_the_checkpoint_was_not_trained_with_is_refused(ct, student, tmp_path, given, expected):
+    """The bundle's own check (run once, as its first ``initialize`` step) refuses it, naming this command's flag."""
+    with pytest.raises(ValidationError) as info:
         predict(BUNDLE, ct, tmp_path / "out", checkpoint=student, **given)
-    assert exit_info.value.code == 2 and not overrides  # nothing ran
-    assert capsys.readouterr().err.splitlines()[1:] == [f"  - {expected.format(ckpt=student)}"]
+    assert info.value.problems == [expected.format(ckpt=student)]
+    assert not (tmp_path / "out").exists()  # nothing ran
 
 
-def test_a_plain_state_dict_runs_at_the_bundles_settings_with_a_warning(ct, overrides, tmp_path):
+def test_a_plain_state_dict_runs_at_the_bundles_settings_with_a_warning(ct, tmp_path, monkeypatch):
     torch.save(get_network("tiny_unet").state_dict(), tmp_path / "old.pt")
+    captured = {}
+    run = Bundle.run
+    monkeypatch.setattr(
+        Bundle, "run", lambda self, files, **kwargs: captured.update(kwargs) or run(self, files, **kwargs)
+    )
     with pytest.warns(UndescribedCheckpointWarning, match="this run's image_size cannot be checked"):
-        predict(BUNDLE, ct, tmp_path / "out", checkpoint=tmp_path / "old.pt")
-    assert not {"student", "student_kwargs", "image_size"} & set(overrides)  # inference.json's own
+        [written] = predict(BUNDLE, ct, tmp_path / "out", checkpoint=tmp_path / "old.pt")
+    assert not {"student", "student_kwargs", "image_size"} & set(captured)  # inference.json's own
+    assert nib.load(written).shape == (20, 18, 4)
 
 
 def test_predict_runs_the_checkpoints_network_at_its_size(ct, student, tmp_path):

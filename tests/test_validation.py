@@ -20,6 +20,7 @@ from mskd.validation import (
     inference_problems,
     report_problems,
     training_problems,
+    validation_error,
 )
 from tests.data.fixtures import BTCV_AFFINE, write_btcv, write_dicom_series, write_kits19, write_synapse_npz
 
@@ -52,7 +53,20 @@ def checkpoints(tmp_path_factory):
 # --- reporting ----------------------------------------------------------------------------------------------------
 
 
-def test_report_lists_every_problem_on_one_line_and_exits_2(capsys):
+@pytest.fixture
+def bundle_command_line(monkeypatch):
+    """As in ``python -m monai.bundle run``: MONAI's command line, where the report is printed and the process exits."""
+    monkeypatch.setattr("mskd.validation._bundle_command_line", lambda: True)
+
+
+def test_a_library_call_raises_the_problems(capsys):
+    """In a process of its own (``create_workflow`` in a host, ``mskd``'s commands) the problems are an exception."""
+    with pytest.raises(ValidationError) as info:
+        report_problems(PROBLEMS)
+    assert info.value.problems == PROBLEMS and capsys.readouterr().err == ""
+
+
+def test_report_lists_every_problem_on_one_line_and_exits_2(capsys, bundle_command_line):
     with pytest.raises(SystemExit) as exit_info:
         report_problems([*PROBLEMS, "torch says:\nmore\nlines"])
     assert exit_info.value.code == 2
@@ -71,7 +85,7 @@ def test_no_problem_is_silent(capsys):
 
 
 @pytest.mark.parametrize("env, raises", [("1", ValidationError), ("true", ValidationError), ("0", SystemExit)])
-def test_mskd_debug_raises_the_problems_with_a_traceback(monkeypatch, env, raises):
+def test_mskd_debug_raises_the_problems_with_a_traceback(monkeypatch, env, raises, bundle_command_line):
     monkeypatch.setenv("MSKD_DEBUG", env)
     with pytest.raises(raises) as info:
         report_problems(PROBLEMS)
@@ -80,15 +94,16 @@ def test_mskd_debug_raises_the_problems_with_a_traceback(monkeypatch, env, raise
         assert str(info.value) == format_problems(PROBLEMS)
 
 
-def test_only_local_rank_0_prints_but_every_rank_exits(monkeypatch, capsys):
+def test_only_local_rank_0_prints_but_every_rank_exits(monkeypatch, capsys, bundle_command_line):
     monkeypatch.setenv("LOCAL_RANK", "1")
     with pytest.raises(SystemExit):
         report_problems(PROBLEMS)
     assert capsys.readouterr().err == ""
 
 
-def test_system_exit_passes_through_config_evaluation_unwrapped(monkeypatch):
-    """MONAI wraps an ``Exception`` raised by a config expression in a RuntimeError; SystemExit is not one."""
+def test_system_exit_passes_through_config_evaluation_unwrapped(monkeypatch, bundle_command_line):
+    """MONAI wraps an ``Exception`` raised by a config expression in a RuntimeError; SystemExit is not one; the
+    ValidationError is found in the chain (what ``mskd`` reports)."""
     parser = ConfigParser(
         {
             "imports": ["$import mskd", "$import mskd.validation"],
@@ -108,6 +123,7 @@ def test_system_exit_passes_through_config_evaluation_unwrapped(monkeypatch):
     with pytest.raises(RuntimeError) as info:
         parser.get_parsed_content("check")
     assert isinstance(info.value.__cause__, ValidationError)
+    assert validation_error(info.value) is info.value.__cause__ and validation_error(ValueError("x")) is None
 
 
 # --- volumes ------------------------------------------------------------------------------------------------------
@@ -313,14 +329,12 @@ def test_inference_problems_are_all_reported(tmp_path):
 
 def test_mskd_predict_refuses_bad_input_with_every_problem(tmp_path, capsys):
     (tmp_path / "ct.nii.gz").write_bytes(b"\x00" * 100)
-    argv = ["predict", "--input", str(tmp_path / "ct.nii.gz"), "--output", str(tmp_path / "out")]
-    argv += ["--checkpoint", str(tmp_path / "model.pt")]
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
+    argv = ["predict", "--input", str(tmp_path / "ct.nii.gz"), "--output-dir", str(tmp_path / "out")]
+    argv += ["--ckpt-path", str(tmp_path / "model.pt")]
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert "mskd: 2 problem(s) found before starting:" in err and "Traceback" not in err
-    assert f"{tmp_path / 'ct.nii.gz'}: not a NIfTI file" in err and "--checkpoint: student checkpoint not found" in err
+    assert f"{tmp_path / 'ct.nii.gz'}: not a NIfTI file" in err and "--ckpt-path: student checkpoint not found" in err
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValidationError) as info:
         main([*argv, "--debug"])

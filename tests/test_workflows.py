@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mskd.workflows import STACKS, EvaluationSummary, TrainingSummary, bundle_folder, evaluate, train
+from mskd.bundle import STACKS
+from mskd.workflows import EvaluationSummary, TrainingSummary, evaluate, train
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "mskd_synapse"
 
@@ -62,12 +63,6 @@ def test_evaluation_summary_table():
         "  summary CSV   r-test_metrics_summary.csv",
         "  MLflow run    off",
     ]
-
-
-def test_a_folder_that_is_not_a_bundle_is_refused(tmp_path):
-    with pytest.raises(FileNotFoundError, match="is not an mskd bundle .*; pass --bundle"):
-        bundle_folder(tmp_path)
-    assert bundle_folder(BUNDLE) == BUNDLE
 
 
 @pytest.mark.parametrize("run", [train, evaluate])

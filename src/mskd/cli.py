@@ -21,16 +21,37 @@ OMP_WAIT_POLICY = "OMP_WAIT_POLICY"  # read by OpenMP once, when torch loads it
 BENCHMARKS = ("networks", "export", "training_step", "losses", "inference", "data", "teacher_cache", "threads")
 
 
-# config id -> the workflow flag that sets it (every other override comes from --set)
-_FLAGS = {
-    "dataset_dir": "--dataset-dir",
-    "data_format": "--data-format",
-    "teacher": "--teacher",
-    "student": "--student",
-    "max_epochs": "--epochs",
-    "seed": "--seed",
-    "output_dir": "--output-dir",
-    "ckpt_dir": "--output-dir",  # its models/ folder
+# The flags that set a bundle value: config id -> (type, help) of its flag, spelled `--` + the id with `-` for `_`
+# (`--dataset-dir` sets `dataset_dir`; the bundle's own spelling, `--dataset_dir`, is accepted too). Every other
+# value comes from `--set`. The workflow commands (train-*, distill, evaluate) take these ...
+_WORKFLOW_FLAGS: dict[str, tuple[type, str]] = {
+    "dataset_dir": (str, "the data (default: the bundle's dataset_dir)"),
+    "data_format": (str, "layout of --dataset-dir: msd (default), synapse_npz, btcv, kits19"),
+    "teacher": (str, "teacher network name (the bundle's default: transunet)"),
+    "student": (str, "student network name (the bundle's default: tiny_unet)"),
+    "image_size": (int, "in-plane slice size (the bundle's default: 224); the same for every command of a run"),
+    "seed": (int, "random seed (part of the run name)"),
+    "output_dir": (
+        str,
+        "MLflow store, artefacts and executed configs; checkpoints in its models/ (sets ckpt_dir too; default: the "
+        "bundle's output/ and models/)",
+    ),
+}
+# ... and the training ones (train-*, distill) also this
+_TRAINING_FLAGS: dict[str, tuple[type, str]] = {"max_epochs": (int, "training epochs (the bundle's default: 150)")}
+# ... and predict and export, which run a trained student (inference.json's ids), these
+_STUDENT_FLAGS: dict[str, tuple[type, str]] = {
+    "ckpt_path": (str, "student weights (default: BUNDLE/models/model.pt)"),
+    "student": (str, "student network name (default: the checkpoint's, else the bundle's)"),
+    "image_size": (int, "in-plane slice size (default: the checkpoint's, else the bundle's)"),
+}
+# Flags renamed to the spelling above (mskd 0.x renames outright): command -> {old: new}; the old one is refused
+# with a line that names the new one.
+_RENAMED: dict[str, dict[str, str]] = {
+    "phantom": {"--out": "--output-dir"},
+    **{name: {"--epochs": "--max-epochs"} for name in ("train-teacher", "train-student", "distill")},
+    "predict": {"--output": "--output-dir", "--checkpoint": "--ckpt-path"},
+    "export": {"--out": "--output-file", "--checkpoint": "--ckpt-path"},
 }
 _INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C (128 + SIGINT)
 
@@ -39,11 +60,60 @@ class UsageError(Exception):
     """A command line that cannot be run as given (exit status 2, as argparse's own usage errors); one line each."""
 
 
+def _flag(key: str) -> str:
+    """The flag that sets bundle id ``key``: ``--`` and ``key`` with ``-`` for ``_`` (``ckpt_dir``: --output-dir)."""
+    return "--output-dir" if key == "ckpt_dir" else "--" + key.replace("_", "-")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that also takes its flags in the bundle's spelling and names the new spelling of an old one.
+
+    ``--dataset_dir`` is read as ``--dataset-dir`` (any ``--a_b`` whose ``--a-b`` is a flag of this parser, also in
+    ``--a_b=value``), so a ``monai.bundle run`` override works after ``mskd`` too; a flag in ``renamed`` (old -> new)
+    is a usage error that names the new flag. Every other word goes to argparse unchanged (an unknown flag gets its
+    usual error). Sub-commands are parsed by their own parser, of this class, with their own flags.
+
+    Args:
+        renamed: old flag -> the flag that replaced it.
+    """
+
+    def __init__(self, *args: Any, renamed: dict[str, str] | None = None, **kwargs: Any) -> None:
+        self.renamed = dict(renamed or {})
+        self.flags: set[str] = set()  # filled by add_argument, which ArgumentParser.__init__ calls for --help
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.flags.update(s for s in action.option_strings if s.startswith("--"))
+        return action
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        words = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args(self._spelled(words), namespace)
+
+    def _spelled(self, words: list[str]) -> list[str]:
+        """``words`` with this parser's flags in their ``-`` spelling; exits (status 2) on a renamed flag."""
+        spelled = []
+        for i, word in enumerate(words):
+            if word == "--":  # the rest are values
+                return spelled + words[i:]
+            name, sep, value = word.partition("=")
+            if name.startswith("--"):
+                if name in self.renamed:
+                    self.error(f"{name} was renamed: use {self.renamed[name]}")
+                if name.replace("_", "-") in self.flags:
+                    word = name.replace("_", "-") + sep + value
+            spelled.append(word)
+        return spelled
+
+
 def _phantom(args: argparse.Namespace) -> None:
     from mskd.data.phantom import generate_phantom_dataset
 
     path = generate_phantom_dataset(
-        args.out,
+        args.output_dir,
         task=args.task,
         cases=args.cases,
         seed=args.seed,
@@ -58,14 +128,7 @@ def _phantom(args: argparse.Namespace) -> None:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The bundle overrides of a workflow command: its flags that were given, then every ``--set`` (which wins)."""
-    values = {
-        "dataset_dir": args.dataset_dir,
-        "data_format": args.data_format,
-        "teacher": args.teacher,
-        "student": args.student,
-        "max_epochs": getattr(args, "epochs", None),
-        "seed": args.seed,
-    }
+    values = {key: getattr(args, key, None) for key in (*_WORKFLOW_FLAGS, *_TRAINING_FLAGS)}  # evaluate: no epochs
     if args.output_dir is not None:
         values.update(output_dir=args.output_dir, ckpt_dir=os.path.join(args.output_dir, "models"))
     return {**{k: v for k, v in values.items() if v is not None}, **dict(args.set)}
@@ -79,13 +142,13 @@ def _checked_overrides(args: argparse.Namespace, files: Sequence[str]) -> dict[s
             that the stack does not have (naming the nearest existing key).
         FileNotFoundError: when ``--bundle`` is not an mskd bundle.
     """
+    from mskd.bundle import Bundle
     from mskd.overrides import code_in_overrides, unknown_keys
-    from mskd.workflows import bundle_folder
 
     overrides = _overrides(args)
     sets = dict(args.set)
     code = [] if args.allow_code else code_in_overrides(overrides)
-    sources = dict.fromkeys(f"--set {key}" if key in sets else _FLAGS[key] for key in code)  # --output-dir once
+    sources = dict.fromkeys(f"--set {key}" if key in sets else _flag(key) for key in code)  # --output-dir once
     problems = [
         f"{source}: would run Python code (a $ expression, a _target_ or a % file macro); pass --allow-code if you "
         "trust it"
@@ -93,7 +156,7 @@ def _checked_overrides(args: argparse.Namespace, files: Sequence[str]) -> dict[s
     ]
     keys = [key for key in sets if key not in code]
     if keys:
-        bundle_folder(args.bundle)  # not a bundle: its message says to pass --bundle
+        Bundle(args.bundle)  # not a bundle: its message says to pass --bundle
         configs = Path(args.bundle) / "configs"  # as given, for the messages
         unknown = unknown_keys([configs / f for f in files], keys, configs / "metadata.json")
         problems += [f"--set {line}" for line in unknown]
@@ -103,23 +166,31 @@ def _checked_overrides(args: argparse.Namespace, files: Sequence[str]) -> dict[s
 
 
 def _train(args: argparse.Namespace) -> None:
-    from mskd.workflows import STACKS, train
+    from mskd.bundle import Bundle
+    from mskd.workflows import train
 
-    overrides = _checked_overrides(args, STACKS[args.method])
+    overrides = _checked_overrides(args, Bundle.stack(args.method))
     print(train(args.bundle, args.method, **overrides).table())
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from mskd.workflows import EVALUATE, STACKS, evaluate
+    from mskd.bundle import Bundle
+    from mskd.workflows import evaluate
 
-    overrides = _checked_overrides(args, (*STACKS[args.method], EVALUATE))
+    overrides = _checked_overrides(args, Bundle.stack(args.method, evaluate=True))
     print(evaluate(args.bundle, args.method, **overrides).table())
 
 
 def _experiment(args: argparse.Namespace) -> None:
     from mskd.experiment import run_experiment
 
-    run_experiment(args.config, workdir=args.workdir, dry_run=args.dry_run, allow_code=args.allow_code)
+    run_experiment(
+        args.config,
+        workdir=args.workdir,
+        dry_run=args.dry_run,
+        allow_code=args.allow_code,
+        report_only=args.report_only,
+    )
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -154,7 +225,7 @@ def _demo(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from mskd.predict import predict
 
-    written = predict(args.bundle, args.input, args.output, args.checkpoint, args.student, args.image_size)
+    written = predict(args.bundle, args.input, args.output_dir, args.ckpt_path, args.student, args.image_size)
     for path in written:
         print(f"wrote {path}")
 
@@ -162,7 +233,7 @@ def _predict(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from mskd.export import bundle_export
 
-    report = bundle_export(args.bundle, args.checkpoint, args.out, args.format, args.student, args.image_size)
+    report = bundle_export(args.bundle, args.ckpt_path, args.output_file, args.format, args.student, args.image_size)
     print(
         f"wrote {report['path']} ({report['format']}, {report['size_bytes'] / 1e6:.1f} MB); "
         f"max |export - eager| = {report['max_abs_diff']:.2e} <= {report['tolerance']:.0e}"
@@ -170,17 +241,9 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _add_student_args(parser: argparse.ArgumentParser) -> None:
+    """The flags of the commands that run a trained student (predict, export)."""
     parser.add_argument("--bundle", default="bundles/mskd_synapse", help="bundle folder")
-    parser.add_argument("--checkpoint", default=None, help="student weights (default: BUNDLE/models/model.pt)")
-    parser.add_argument(
-        "--student", default=None, help="student network name (default: the checkpoint's, else the bundle's)"
-    )
-    parser.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
-        help="in-plane slice size (default: the checkpoint's, else the bundle's)",
-    )
+    _add_flags(parser, _STUDENT_FLAGS)
 
 
 def _assignment(text: str) -> tuple[str, Any]:
@@ -194,22 +257,16 @@ def _assignment(text: str) -> tuple[str, Any]:
         return key, value
 
 
+def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[type, str]]) -> None:
+    """The flags of ``flags`` (bundle id -> type, help), each spelled as :func:`_flag` says, read into that id."""
+    for key, (kind, text) in flags.items():
+        parser.add_argument(_flag(key), dest=key, type=kind, default=None, help=text)
+
+
 def _add_workflow_args(parser: argparse.ArgumentParser) -> None:
     """The flags every bundle workflow command shares (each one a bundle override; ``--set`` for any other)."""
     parser.add_argument("--bundle", default="bundles/mskd_synapse", help="bundle folder")
-    parser.add_argument("--dataset-dir", default=None, help="the data (default: the bundle's dataset_dir)")
-    parser.add_argument(
-        "--data-format", default=None, help="layout of --dataset-dir: msd (default), synapse_npz, btcv, kits19"
-    )
-    parser.add_argument("--teacher", default=None, help="teacher network name (the bundle's default: transunet)")
-    parser.add_argument("--student", default=None, help="student network name (the bundle's default: tiny_unet)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (part of the run name)")
-    parser.add_argument(
-        "--output-dir",
-        default=None,
-        help="MLflow store, artefacts and executed configs; checkpoints in its models/ (default: the bundle's "
-        "output/ and models/)",
-    )
+    _add_flags(parser, _WORKFLOW_FLAGS)
     parser.add_argument(
         "--set",
         type=_assignment,
@@ -217,7 +274,7 @@ def _add_workflow_args(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="any other bundle override, repeatable; VALUE is read as JSON, else as a string "
-        '(--set image_size=96 --set mlflow=false --set \'tracking_tags_extra={"experiment": "a"}\'); '
+        '(--set learning_rate=0.002 --set mlflow=false --set \'tracking_tags_extra={"experiment": "a"}\'); '
         "KEY must be in the bundle's config",
     )
     parser.add_argument(
@@ -230,10 +287,15 @@ def _add_workflow_args(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``mskd`` (one sub-command per use case, each ``--help`` ending with an example)."""
-    from mskd.workflows import STACKS
+    from mskd.bundle import STACKS
 
     debug_help = "show full tracebacks instead of one-line errors (the same as MSKD_DEBUG=1)"
-    parser = argparse.ArgumentParser(prog="mskd", description=__doc__)
+    parser = _Parser(
+        prog="mskd",
+        description=__doc__,
+        epilog="A flag that sets a bundle value is its config id with - for _ (--dataset-dir sets dataset_dir); the "
+        "bundle's spelling (--dataset_dir) works too.",
+    )
     parser.add_argument("--debug", action="store_true", help=debug_help)
     # --debug is also accepted after the sub-command (SUPPRESS: the sub-command does not reset the top-level value)
     debug = argparse.ArgumentParser(add_help=False)
@@ -243,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, func: Any, summary: str, example: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(
             name,
+            renamed=_RENAMED.get(name),
             parents=[debug],
             help=summary,
             epilog=f"example:\n  {example}",
@@ -255,10 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
         "phantom",
         _phantom,
         "write synthetic abdominal CT phantoms (NIfTI + dataset.json)",
-        "mskd phantom --task synapse --out data/phantom --cases 16 --seed 0 --size 96 96 48",
+        "mskd phantom --task synapse --output-dir data/phantom --cases 16 --seed 0 --size 96 96 48",
     )
     phantom.add_argument("--task", default="synapse", choices=["synapse", "kits"], help="label set")
-    phantom.add_argument("--out", required=True, help="output folder (created)")
+    phantom.add_argument("--output-dir", required=True, help="output folder (created); --dataset-dir of the others")
     phantom.add_argument("--cases", type=int, default=16, help="number of volumes")
     phantom.add_argument("--test-cases", type=int, default=None, help="held-out cases (default: a quarter)")
     phantom.add_argument("--seed", type=int, default=0)
@@ -268,17 +331,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--fov-jitter", type=float, default=0.15, help="per-case field of view varies by up to this fraction"
     )
 
-    cpu = "--dataset-dir data/phantom --teacher unet --student tiny_unet --set image_size=96"
+    cpu = "--dataset-dir data/phantom --teacher unet --student tiny_unet --image-size 96"
     for name, method, what in (
         ("train-teacher", "teacher", "train the teacher"),
         ("train-student", "baseline", "train the student alone (the baseline)"),
         ("distill", "mskd", "distil the trained teacher into the student (KD + FFD + RGD)"),
     ):
         train = command(
-            name, _train, f"{what}: the bundle's {' + '.join(STACKS[method])}", f"mskd {name} {cpu} --epochs 40"
+            name, _train, f"{what}: the bundle's {' + '.join(STACKS[method])}", f"mskd {name} {cpu} --max-epochs 40"
         )
         _add_workflow_args(train)
-        train.add_argument("--epochs", type=int, default=None, help="training epochs (the bundle's max_epochs)")
+        _add_flags(train, _TRAINING_FLAGS)
         train.set_defaults(method=method)
 
     evaluate = command(
@@ -304,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("config", help="the experiment YAML file")
     experiment.add_argument("--workdir", default=None, help="data, checkpoints, logs and the MLflow store")
     experiment.add_argument("--dry-run", action="store_true", help="list the planned runs; train nothing")
+    experiment.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing; rewrite the tables and figure from the runs finished so far",
+    )
     experiment.add_argument(
         "--allow-code",
         action="store_true",
@@ -333,20 +401,22 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         _predict,
         "segment NIfTI files or DICOM series with a bundle's student (labels on the input's grid)",
-        "mskd predict --bundle bundles/mskd_synapse --input CT.nii.gz --output predictions",
+        "mskd predict --bundle bundles/mskd_synapse --input CT.nii.gz --output-dir predictions",
     )
     predict.add_argument("--input", required=True, help="a NIfTI file, a folder of them, or DICOM series folder(s)")
-    predict.add_argument("--output", required=True, help="folder for the <name>_seg.nii.gz label maps")
+    predict.add_argument("--output-dir", required=True, help="folder for the <name>_seg.nii.gz label maps")
     _add_student_args(predict)
 
     export = command(
         "export",
         _export,
         "export a bundle's student to ONNX or TorchScript, checked against the eager network",
-        "mskd export --format onnx --bundle bundles/mskd_synapse --out student.onnx",
+        "mskd export --format onnx --bundle bundles/mskd_synapse --output-file student.onnx",
     )
     export.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
-    export.add_argument("--out", default=None, help="output file (default: BUNDLE/models/model.onnx or model.ts)")
+    export.add_argument(
+        "--output-file", default=None, help="the file written (default: BUNDLE/models/model.onnx or model.ts)"
+    )
     _add_student_args(export)
     return parser
 
@@ -420,7 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wait made a training step 3-6x slower on a busy 2-core machine, while passive ones cost nothing on an idle one.
     """
     os.environ.setdefault(OMP_WAIT_POLICY, "PASSIVE")
-    from mskd.validation import DEBUG_ENV, debug_enabled
+    from mskd.validation import DEBUG_ENV, debug_enabled, format_problems, validation_error
 
     args = build_parser().parse_args(argv)
     debug = args.debug or debug_enabled()
@@ -443,6 +513,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if debug:
             raise
+        refused = validation_error(e)
+        if refused is not None:
+            print(format_problems(refused.problems), file=sys.stderr)
+            return 2
         print(f"mskd {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 1
     finally:

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mskd.workflows import STACKS
+from mskd.bundle import STACKS, Bundle
 
 __all__ = ["DemoSettings", "DEMO", "QUICK", "run_demo", "format_table"]
 
@@ -73,12 +73,12 @@ def format_table(rows: dict[str, dict[str, float]], organs: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _test_metrics(tracking_uri: str) -> dict[str, dict[str, float]]:
+def _test_metrics(tracking_uri: str, experiment_name: str) -> dict[str, dict[str, float]]:
     """Metrics of the latest finished test run of each method, read back from the MLflow store."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    experiment = client.get_experiment_by_name("mskd_synapse")
+    experiment = client.get_experiment_by_name(experiment_name)
     rows = {}
     for method in STACKS:
         runs = client.search_runs(
@@ -118,10 +118,10 @@ def run_demo(
     from mskd.data.phantom import generate_phantom_dataset
     from mskd.io import atomic_open
     from mskd.tracking import tracking_uri
-    from mskd.workflows import bundle_folder, evaluate, train
+    from mskd.workflows import evaluate, train
 
     settings = QUICK if quick else DEMO
-    workdir, bundle = Path(workdir).resolve(), bundle_folder(bundle)
+    workdir, bundle = Path(workdir).resolve(), Bundle(bundle)
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -129,7 +129,7 @@ def run_demo(
     t0 = time.perf_counter()
     generate_phantom_dataset(
         data_dir,
-        task="synapse",
+        task=bundle.task,
         cases=settings.cases,
         seed=settings.seed,
         size=settings.size,
@@ -155,15 +155,15 @@ def run_demo(
     for label in STACKS:
         epochs = settings.teacher_epochs if label == "teacher" else settings.student_epochs
         t0 = time.perf_counter()
-        train(bundle, label, max_epochs=epochs, **common)
+        train(bundle.root, label, max_epochs=epochs, **common)
         timings[f"train {label}"] = time.perf_counter() - t0
     for label in STACKS:
         t0 = time.perf_counter()
-        evaluate(bundle, label, **common)
+        evaluate(bundle.root, label, **common)
         timings[f"evaluate {label}"] = time.perf_counter() - t0
 
-    organs = organ_names("synapse")
-    rows = _test_metrics(tracking_uri(workdir / "output"))
+    organs = organ_names(bundle.task)
+    rows = _test_metrics(tracking_uri(workdir / "output"), bundle.experiment_name)
     table = format_table(rows, organs)
     total = time.perf_counter() - started
     report = (

@@ -321,7 +321,7 @@ def export_checkpoint(
     checkpoint_path, out_path = Path(checkpoint_path), Path(out_path)
     if not checkpoint_path.is_file():
         raise FileNotFoundError(
-            f"checkpoint not found: {checkpoint_path}; pass the .pt file the bundle wrote (--checkpoint), "
+            f"checkpoint not found: {checkpoint_path}; pass the .pt file the bundle wrote (--ckpt-path), "
             "e.g. <bundle>/models/model.pt after distillation"
         )
     metadata = read_checkpoint(checkpoint_path, "student", mmap=True)[1]
@@ -402,30 +402,21 @@ def bundle_export(
         the report of :func:`export_checkpoint`.
 
     Raises:
-        FileNotFoundError: when the bundle has no ``configs/inference.json`` or the checkpoint does not exist.
+        FileNotFoundError: when ``bundle`` is not a bundle or the checkpoint does not exist.
         ValueError: for an unknown format or network, a ``student`` or ``image_size`` that is not the checkpoint's,
             or an inference config without the keys above.
     """
-    from monai.bundle import ConfigParser
+    from mskd.bundle import INFERENCE, Bundle
 
     fmt = look_up_option(format, EXPORT_FORMATS)
-    bundle = Path(bundle)
-    config = bundle / "configs" / "inference.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"{config} not found; --bundle must be a bundle folder such as bundles/mskd_synapse")
-    parser = ConfigParser()
-    parser.read_config(str(config))
+    bundle = Bundle(bundle)
+    parser = bundle.parser((INFERENCE,))
     missing = [k for k in ("student", "num_classes", "image_size") if k not in parser]
     if missing:
-        raise ValueError(f"{config} does not define {missing}; it must name the network it runs")
-    parser["bundle_root"] = str(bundle)
-    meta = bundle / "configs" / "metadata.json"
-    in_channels = 1
-    if meta.is_file():
-        parser.read_meta(str(meta))
-        in_channels = int(parser.get("_meta_#network_data_format#inputs#image#num_channels", 1))
+        raise ValueError(f"{bundle.configs / INFERENCE} does not define {missing}; it must name the network it runs")
+    in_channels = int(parser.get("_meta_#network_data_format#inputs#image#num_channels", 1))
     if checkpoint is None:
-        checkpoint = parser.get_parsed_content("ckpt_path", default=str(bundle / "models" / "model.pt"))
+        checkpoint = parser.get_parsed_content("ckpt_path", default=str(bundle.root / "models" / "model.pt"))
     fallback = {
         "network": parser.get_parsed_content("student"),
         "network_kwargs": dict(parser.get_parsed_content("student_kwargs", default={})),
@@ -436,7 +427,7 @@ def bundle_export(
     return export_checkpoint(
         network_name=student,
         checkpoint_path=checkpoint,
-        out_path=out if out is not None else bundle / "models" / f"model{_SUFFIX[fmt]}",
+        out_path=out if out is not None else bundle.root / "models" / f"model{_SUFFIX[fmt]}",
         format=fmt,
         image_size=image_size,
         fallback=fallback,

@@ -61,6 +61,8 @@ __all__ = [
     "CASE_CSV_COLUMNS",
     "SUMMARY_CSV_COLUMNS",
     "case_metrics",
+    "format_columns",
+    "format_mean_std",
     "format_summary",
     "hd95_medpy",
     "summarise",
@@ -399,14 +401,47 @@ def write_summary_csv(path: str | os.PathLike, summary: Sequence[Mapping[str, ob
     return _write_csv_atomic(path, SUMMARY_CSV_COLUMNS, summary)
 
 
+def format_mean_std(mean: float, std: float, scale: float = 1.0, digits: int = 1, missing: str = "–") -> str:
+    """``mean ± std`` as text, both multiplied by ``scale`` and written with ``digits`` decimals.
+
+    Args:
+        mean: the mean; ``nan`` (no value) gives ``missing``.
+        std: the standard deviation; ``nan`` (a single value) leaves out ``± std``.
+        scale: factor for both (``100`` writes a Dice fraction in %).
+        digits: decimals of both.
+        missing: the text for a ``nan`` mean.
+
+    Returns:
+        the text, e.g. ``format_mean_std(0.6, 0.1414, scale=100) == "60.0 ± 14.1"``.
+    """
+    if math.isnan(mean):
+        return missing
+    text = f"{scale * mean:.{digits}f}"
+    return text if math.isnan(std) else f"{text} ± {scale * std:.{digits}f}"
+
+
+def format_columns(header: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "") -> str:
+    """A fixed-width text table: every column as wide as its widest cell, two spaces apart, no trailing spaces.
+
+    Args:
+        header: the column names.
+        rows: the cells, one sequence per row, as many as ``header`` has names.
+        indent: text in front of every line.
+
+    Returns:
+        the header line and one line per row, joined by newlines.
+    """
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(header)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
+    return "\n".join(indent + line for line in lines)
+
+
 def format_summary(summary: Sequence[Mapping[str, object]]) -> str:
     """A fixed-width text table of :func:`summarise`'s rows for logs (Dice as fractions, HD95 in mm and voxels)."""
 
     def pm(row: Mapping[str, object], key: str, digits: int) -> str:
         mean, std = float(row[f"{key}_mean"]), float(row[f"{key}_std"])  # type: ignore[arg-type]
-        if math.isnan(mean):
-            return "nan"
-        return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+        return format_mean_std(mean, std, digits=digits, missing="nan")
 
     header = ("organ", "n", "missed", "spurious", "dice", "hd95 (mm)", "dice (TransUNet)", "hd95 (vox, TransUNet)")
     lines = [
@@ -422,7 +457,4 @@ def format_summary(summary: Sequence[Mapping[str, object]]) -> str:
         )
         for r in summary
     ]
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
-    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines]
-    return "\n".join(out)
+    return format_columns(header, lines)

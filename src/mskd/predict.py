@@ -40,37 +40,29 @@ def predict(
 
     Raises:
         FileNotFoundError: when the bundle does not exist.
-        SystemExit: with status 2, after printing every problem found by :func:`mskd.validation.inference_problems`
-            (an input that is missing, not NIfTI, unreadable, not 3D or holds NaN; a folder with several DICOM
-            series; a student checkpoint that is missing, unreadable, of another network or class count, or trained
-            at another image size than ``image_size``).
-        mskd.validation.ValidationError: instead of ``SystemExit`` when ``MSKD_DEBUG=1``.
+        mskd.validation.ValidationError: every problem found by the bundle's checks
+            (:func:`mskd.validation.inference_problems`: an input that is missing, not NIfTI, unreadable, not 3D or
+            holds NaN; a folder with several DICOM series; a student checkpoint that is missing, unreadable, of
+            another network or class count, or trained at another image size than ``image_size``), each naming the
+            flag to change (``--ckpt-path: ...``); nothing is written.
     """
-    from monai.bundle import ConfigParser, run
+    from mskd.bundle import INFERENCE, Bundle
+    from mskd.validation import ValidationError, validation_error
 
-    from mskd.validation import inference_problems, report_problems
-
-    bundle = Path(bundle)
-    config = bundle / "configs" / "inference.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"{bundle} is not a bundle (no configs/inference.json); pass --bundle")
-    checkpoint = Path(checkpoint) if checkpoint is not None else bundle / "models" / "model.pt"
+    bundle = Bundle(bundle)
+    checkpoint = Path(checkpoint) if checkpoint is not None else bundle.root / "models" / "model.pt"
     overrides = {"input": str(input), "output_dir": str(output), "ckpt_path": str(checkpoint)}
     overrides.update(_student_settings(checkpoint, student, image_size))
-    # the bundle's own checks, with these overrides, before any model is built or anything is written
-    parser = ConfigParser()
-    parser.read_config(str(config))
-    parser.update({"bundle_root": str(bundle), **overrides})
-    problems = inference_problems(**parser.get_parsed_content("checks"), flags=_FROM_CHECKPOINT)
-    report_problems([_as_flag(p) for p in problems])
+    # the bundle's own checks (its first `initialize` step) phrase their fixes with this command's flags
+    overrides["checks#flags"] = _FROM_CHECKPOINT
+    try:
+        bundle.run((INFERENCE,), **overrides)
+    except Exception as e:
+        refused = validation_error(e)
+        if refused is None:
+            raise
+        raise ValidationError([_as_flag(p) for p in refused.problems]) from None
     cases = get_datalist(input_format(input), input)
-    run(
-        config_file=str(config),
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
-        bundle_root=str(bundle),
-        **overrides,
-    )
     return [Path(output) / f"{_stem(case['image'])}_seg.nii.gz" for case in cases]
 
 
@@ -94,7 +86,7 @@ def _student_settings(checkpoint: Path, student: str | None, image_size: int | N
 # config keys of inference.json that problem lines start with -> the `mskd predict` flag to change instead
 _FLAGS = {
     "input": "--input",
-    "ckpt_path": "--checkpoint",
+    "ckpt_path": "--ckpt-path",
     "student": "--student",
     "student_kwargs": "--student",
     "image_size": "--image-size",
@@ -105,7 +97,7 @@ _FROM_CHECKPOINT = {key: _FLAGS[key] for key in ("student", "image_size")}
 
 
 def _as_flag(problem: str) -> str:
-    """A problem line naming the ``mskd predict`` flag instead of the config key (``--checkpoint: ...``)."""
+    """A problem line naming the ``mskd predict`` flag instead of the config key (``--ckpt-path: ...``)."""
     key, sep, rest = problem.partition(": ")
     return f"{_FLAGS[key]}: {rest}" if sep and key in _FLAGS else problem
 

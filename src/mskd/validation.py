@@ -59,9 +59,10 @@ __all__ = [
     "inference_problems",
     "report_problems",
     "training_problems",
+    "validation_error",
 ]
 
-DEBUG_ENV = "MSKD_DEBUG"  # set to 1: raise ValidationError with a traceback instead of exiting with status 2
+DEBUG_ENV = "MSKD_DEBUG"  # set to 1: tracebacks, and ValidationError raised on MONAI's command line too
 SPACING_TOLERANCE_MM = 1e-3  # image and label spacing and origin may differ by this much (mm)
 DIRECTION_TOLERANCE = 1e-4  # ... and their direction cosines by this much
 AIR_HU = -500.0  # a CT in Hounsfield units holds voxels at or below this (air is about -1000 HU)
@@ -90,7 +91,7 @@ _MAX_LISTED = 8  # values or keys named in one line
 
 
 class ValidationError(ValueError):
-    """The problems found before a run started (raised instead of exiting when ``MSKD_DEBUG=1``).
+    """The problems found before a run started (see :func:`report_problems`).
 
     Attributes:
         problems: one readable line per problem.
@@ -112,29 +113,50 @@ def debug_enabled() -> bool:
     return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
-def report_problems(problems: Sequence[str], debug: bool | None = None) -> None:
-    """Do nothing when ``problems`` is empty; otherwise print them and exit with status 2, without a traceback.
+def _bundle_command_line() -> bool:
+    """Whether this process is ``python -m monai.bundle`` (also under ``torchrun``): a command line of MONAI's,
+    where the report must come without a traceback and the process must exit."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec is not None and spec.name in ("monai.bundle", "monai.bundle.__main__")
 
-    Under ``torchrun`` every rank runs the checks and exits; only each node's local rank 0 prints.
+
+def report_problems(problems: Sequence[str], debug: bool | None = None) -> None:
+    """Do nothing when ``problems`` is empty; otherwise raise :class:`ValidationError`, or, on MONAI's command line
+    (``python -m monai.bundle run``), print them and exit with status 2, without a traceback.
+
+    A library raises: a host that builds a workflow in its own process (``monai.bundle.create_workflow``, MONAI
+    Label, ``mskd``'s commands) gets the exception, and ``mskd`` prints its problems and exits 2 itself. Under
+    ``torchrun`` every rank runs the checks and exits; only each node's local rank 0 prints.
 
     Args:
         problems: one line per problem.
-        debug: raise :class:`ValidationError` (a ``ValueError``, with its traceback) instead of exiting; default
-            whether ``MSKD_DEBUG`` is set to something other than ``0``.
+        debug: raise :class:`ValidationError` (with its traceback) on MONAI's command line too; default whether
+            ``MSKD_DEBUG`` is set to something other than ``0``.
 
     Raises:
-        SystemExit: with status 2, when there is a problem and not ``debug``.
-        ValidationError: when there is a problem and ``debug``.
+        ValidationError: when there is a problem (in-process, or with ``debug``).
+        SystemExit: with status 2, when there is a problem on MONAI's command line and not ``debug``.
     """
     if not problems:
         return
     if debug is None:
         debug = debug_enabled()
-    if debug:
+    if debug or not _bundle_command_line():
         raise ValidationError(problems)
     if os.environ.get("LOCAL_RANK", "0") == "0":
         print(format_problems(problems), file=sys.stderr, flush=True)
     raise SystemExit(EXIT_STATUS)
+
+
+def validation_error(error: BaseException) -> ValidationError | None:
+    """The :class:`ValidationError` in ``error``'s chain (MONAI wraps what a config expression raises), if any."""
+    seen: list[BaseException] = []
+    while error is not None and not any(error is e for e in seen):
+        if isinstance(error, ValidationError):
+            return error
+        seen.append(error)
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _one_line(text: object) -> str:
@@ -654,7 +676,7 @@ def _checkpoint_problems(
 def _setting_problems(settings: Mapping[str, Any]) -> list[str]:
     """Each run setting has the type and range :data:`SETTINGS` gives it (a command line passes ``two`` as easily
     as ``2``; the engine would fail on it only at its first epoch, after the run was opened)."""
-    from mskd.engines import as_flag
+    from mskd.flags import as_flag
 
     problems = []
     for key, value in settings.items():

@@ -1,77 +1,22 @@
-"""The bundle's workflows as Python calls: a stack of config files, run in-process, and a summary of what it did.
+"""The bundle's training and evaluation as Python calls, and a summary of what each run did.
 
-The bundle stays the single source of truth: :func:`run_bundle` does what ``python -m monai.bundle run`` does with
-the same files and overrides (``monai.bundle.create_workflow``, ``run``, ``finalize``) and hands back the workflow,
-from which :func:`train` and :func:`evaluate` read their summaries. ``mskd train-teacher`` / ``train-student`` /
-``distill`` / ``evaluate`` and ``make demo`` all go through it.
+The bundle stays the single source of truth: :meth:`mskd.bundle.Bundle.run` does what ``python -m monai.bundle run``
+does with the same files and overrides and hands back the workflow, from which :func:`train` and :func:`evaluate`
+read their summaries. ``mskd train-teacher`` / ``train-student`` / ``distill`` / ``evaluate`` and ``make demo`` all
+go through them.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "EVALUATE",
-    "STACKS",
-    "EvaluationSummary",
-    "TrainingSummary",
-    "bundle_folder",
-    "evaluate",
-    "run_bundle",
-    "train",
-]
+from mskd.bundle import Bundle
 
-# method (the bundle's `method` value) -> the config files that train it, as a user stacks them
-STACKS: dict[str, tuple[str, ...]] = {
-    "teacher": ("train_teacher.json",),
-    "baseline": ("train_teacher.json", "train_student.json"),
-    "mskd": ("train_teacher.json", "distill.json"),
-}
-EVALUATE = "evaluate.json"  # stacked on a training stack, it evaluates that stack's model on the test cases
-
-
-def bundle_folder(bundle: str | os.PathLike) -> Path:
-    """``bundle`` as an absolute path, checked to be an mskd bundle.
-
-    Raises:
-        FileNotFoundError: when ``bundle`` has no ``configs/train_teacher.json``.
-    """
-    path = Path(bundle).resolve()
-    if not (path / "configs" / "train_teacher.json").is_file():
-        raise FileNotFoundError(f"{path} is not an mskd bundle (no configs/train_teacher.json); pass --bundle")
-    return path
-
-
-def run_bundle(bundle: str | os.PathLike, files: Sequence[str], **overrides: Any) -> Any:
-    """Run the config stack ``files`` of ``bundle`` in this process, as ``python -m monai.bundle run`` would.
-
-    Args:
-        bundle: the bundle folder.
-        files: config file names in ``bundle/configs``, base first.
-        overrides: config ids -> values (``max_epochs=5``, ``**{"train#handlers#0#print_lr": True}``).
-
-    Returns:
-        the finished ``monai.bundle.ConfigWorkflow`` (its ``parser`` holds the objects the run used).
-    """
-    from monai.bundle import create_workflow
-
-    bundle = bundle_folder(bundle)
-    configs = bundle / "configs"
-    workflow = create_workflow(
-        config_file=[str(configs / f) for f in files],
-        meta_file=str(configs / "metadata.json"),
-        logging_file=str(configs / "logging.conf"),
-        bundle_root=str(bundle),
-        **overrides,
-    )
-    workflow.run()
-    workflow.finalize()
-    return workflow
+__all__ = ["EvaluationSummary", "TrainingSummary", "evaluate", "train"]
 
 
 def _table(rows: Sequence[tuple[str, str]]) -> str:
@@ -81,17 +26,10 @@ def _table(rows: Sequence[tuple[str, str]]) -> str:
 
 def _tracking(workflow: Any) -> str:
     """Where the run was logged: ``<run id> in experiment <name> (<uri>)``, or that tracking was off."""
-    value = workflow.parser.get_parsed_content
-    run_id = value("tracking_run_id")
-    if run_id is None:
+    run = workflow.parser.get_parsed_content("mlflow_run")
+    if not run.enabled:
         return "off (--mlflow false)"
-    return f"{run_id} in experiment {value('experiment_name')} ({value('tracking_uri')})"
-
-
-def _method(method: str) -> tuple[str, ...]:
-    if method not in STACKS:
-        raise ValueError(f"unknown method {method!r}; choose one of {list(STACKS)}")
-    return STACKS[method]
+    return f"{run.given_run_id} in experiment {run.experiment_name} ({run.tracking_uri})"
 
 
 @dataclass
@@ -131,12 +69,13 @@ class TrainingSummary:
 
 
 def train(bundle: str | os.PathLike, method: str = "teacher", **overrides: Any) -> TrainingSummary:
-    """Train with the bundle's stack for ``method`` (:data:`STACKS`) and summarise the run.
+    """Train with the bundle's stack for ``method`` and summarise the run.
 
     Args:
         bundle: the bundle folder.
-        method: ``teacher``, ``baseline`` (the student alone) or ``mskd`` (the student distilled from the teacher).
-        overrides: config values, as for :func:`run_bundle`.
+        method: ``teacher``, ``baseline`` (the student alone) or ``mskd`` (the student distilled from the teacher):
+            :data:`mskd.bundle.STACKS`.
+        overrides: config ids -> values (``max_epochs=5``, ``**{"train#handlers#lr_schedule#print_lr": True}``).
 
     Raises:
         ValueError: for an unknown ``method``.
@@ -145,7 +84,7 @@ def train(bundle: str | os.PathLike, method: str = "teacher", **overrides: Any) 
     """
     from mskd.engines import loss_terms
 
-    workflow = run_bundle(bundle, _method(method), **overrides)
+    workflow = Bundle(bundle).run(Bundle.stack(method), **overrides)
     value = workflow.parser.get_parsed_content
     trainer, evaluator = value("train#trainer"), value("validate#evaluator")
     validated = evaluator.state.best_metric_epoch > 0
@@ -182,21 +121,16 @@ class EvaluationSummary:
 
     def table(self) -> str:
         """Per-organ Dice (%) and HD95 (mm), mean ± std over the cases, and where the files and the run are."""
+        from mskd.metrics import format_columns, format_mean_std
 
         def pm(row: Mapping[str, Any], key: str, scale: float) -> str:
-            mean, std = float(row[f"{key}_mean"]), float(row[f"{key}_std"])
-            if math.isnan(mean):
-                return "n/a"
-            return f"{scale * mean:.1f}" + ("" if math.isnan(std) else f" ± {scale * std:.1f}")
+            return format_mean_std(float(row[f"{key}_mean"]), float(row[f"{key}_std"]), scale, missing="n/a")
 
         header = ("organ", "Dice (%)", "HD95 (mm)")
         lines = [(str(r["organ"]), pm(r, "dice", 100.0), pm(r, "hd95_mm", 1.0)) for r in self.summary]
-        widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-        text = [
-            "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [header, *lines]
-        ]
         files = [("per-case CSV", self.csv_path), ("summary CSV", self.summary_path), ("MLflow run", self.tracking)]
-        return f"{self.run_name} on {self.cases} test case(s):\n" + "\n".join(text) + "\n" + _table(files)
+        table = format_columns(header, lines, indent="  ")
+        return f"{self.run_name} on {self.cases} test case(s):\n{table}\n{_table(files)}"
 
 
 def evaluate(bundle: str | os.PathLike, method: str = "mskd", **overrides: Any) -> EvaluationSummary:
@@ -205,16 +139,16 @@ def evaluate(bundle: str | os.PathLike, method: str = "mskd", **overrides: Any) 
     Args:
         bundle: the bundle folder.
         method: ``teacher``, ``baseline`` or ``mskd``.
-        overrides: config values, as for :func:`run_bundle`; pass the ones the training had.
+        overrides: config ids -> values, as for :func:`train`; pass the ones the training had.
 
     Raises:
         ValueError: for an unknown ``method``.
         FileNotFoundError: when ``bundle`` is not a bundle.
         SystemExit: with status 2 when the bundle's up-front checks find a problem (a missing checkpoint among them).
     """
-    workflow = run_bundle(bundle, (*_method(method), EVALUATE), **overrides)
+    workflow = Bundle(bundle).run(Bundle.stack(method, evaluate=True), **overrides)
     value = workflow.parser.get_parsed_content
-    metrics = value("validate#volume_metrics")
+    metrics = value("validate#handlers#volume_metrics")
     return EvaluationSummary(
         run_name=value("run_name"),
         cases=len(metrics.cases),

@@ -69,3 +69,18 @@ def test_quick_run_without_out_leaves_the_docs_alone(monkeypatch):
     assert (args.networks, args.size, args.repeats, args.warmup, args.threads) == (["b"], 32, 1, 1, 1)
     args = common.parse_args(parser, quick={}, argv=[])
     assert args.out == ROOT / "docs" / "benchmarks" / "networks.json" and args.doc == ROOT / "docs" / "networks.md"
+
+
+def test_networks_times_each_network_at_the_size_threads_and_classes_asked(tmp_path, monkeypatch):
+    """Where an experiment's networks are timed (its report counts their parameters only): batch 1 at its inputs."""
+    from mskd.networks import count_parameters, get_network
+
+    networks = _load("networks", monkeypatch)
+    argv = ["--quick", "--networks", "tiny_unet", "--size", "32", "--classes", "3", "--out", str(tmp_path / "n.json")]
+    networks.main(argv)
+    results = json.loads((tmp_path / "n.json").read_text())
+    meta, (row,) = results["meta"], results["networks"]
+    assert (meta["size"], meta["classes"], meta["threads"]) == (32, 3, 1)
+    assert row["name"] == "tiny_unet" and row["latency_ms"] > 0
+    assert row["params"] == count_parameters(get_network("tiny_unet", 1, 3))
+    assert "Batch 1, 1×32×32, 3 classes, wall-clock latency." in networks.markdown(results["networks"], meta)

@@ -8,7 +8,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
-SCHEMA = Path(__file__).resolve().parent / "meta_schema_20220324.json"  # offline copy of the model-zoo schema
+SCHEMA = Path(__file__).resolve().parent / "meta_schema_20240725.json"  # offline copy of the model-zoo schema
 CPU_NETWORKS = ["--teacher", "unet", "--student", "tiny_unet"]  # the bundles' default teacher is paper-scale
 TINY = ["--image_size", "32", "--max_epochs", "1", "--val_interval", "1", "--batch_size", "2"]
 TINY += ["--slices_per_volume", "2", "--num_val_cases", "1", "--val_slice_batch", "8", "--log_every", "1"]

@@ -717,6 +717,7 @@ def test_bad_input_is_refused_before_anything_runs(case_id, tmp_path, base, caps
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MSKD_DEBUG", raising=False)
+    monkeypatch.setattr("mskd.validation._bundle_command_line", lambda: True)  # as `python -m monai.bundle run`
     ws, stack, overrides, phrases = _prepare(case_id, tmp_path, base)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:

@@ -52,7 +52,8 @@ def test_teacher_and_distillation_runs_are_tracked(trained):
     params = student.data.params
     assert params["method"] == "mskd" and params["teacher"] == "unet"
     # the default method: class-balanced KD + CWD on the logits (FFD and RGD off)
-    assert json.loads(params["loss_weights"].replace("'", '"')) == {"kd": 0.5, "cwd": 1.0}
+    assert (params["kd_weight"], params["kd_class_balanced"], params["cwd_weight"]) == ("0.5", "True", "1.0")
+    assert not {"ffd_weight", "rgd_weight", "ffd_band_radius"} & set(params)  # the loss logs what is in force
     assert {"loss_seg", "loss_kd", "loss_cwd", "val_mean_dice"} <= set(student.data.metrics)
     assert not {"loss_ffd", "loss_rgd"} & set(student.data.metrics)
     history = client.get_metric_history(student.info.run_id, "loss_cwd")
@@ -97,11 +98,11 @@ def test_dashboard_artefacts_and_tags_are_logged(trained):
 
 DASHBOARD = {
     "train#handlers": {
-        "mskd.handlers.RunTagsHandler",
-        "mskd.handlers.ModelSummaryHandler",
-        "mskd.handlers.LearningCurvesHandler",
+        "mskd.tracking.RunTagsHandler",
+        "mskd.tracking.ModelSummaryHandler",
+        "mskd.tracking.LearningCurvesHandler",
     },
-    "validate#handlers": {"mskd.handlers.OverlayHandler"},
+    "validate#handlers": {"mskd.tracking.OverlayHandler"},
 }
 
 
@@ -109,22 +110,23 @@ DASHBOARD = {
     "stack",
     [("train_teacher.json",), ("train_teacher.json", "train_student.json"), ("train_teacher.json", "distill.json")],
 )
-def test_training_handlers_keep_their_positions(stack):
-    """``TrainingCheckpoint`` comes last (its epoch-end save follows validation and the LR step) and refers to the
-    best-model saver as ``validate#handlers#2``; the dashboard handlers follow the bundle's run, off without one."""
+def test_training_handlers_are_named_and_follow_the_run(stack):
+    """Handlers are named, not numbered: ``TrainingCheckpoint`` comes last (its epoch-end save follows validation and
+    the LR step) and refers to the best-model saver as ``validate#handlers#best_model``; every tracking handler takes
+    the bundle's one run object, and MONAI's MLflow handler (which makes a store when built) is off without tracking."""
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / f) for f in stack])
     for key, targets in DASHBOARD.items():
-        handlers = {h["_target_"]: h for h in parser[key]}
+        handlers = {h["_target_"]: h for h in parser[key].values()}
         assert targets <= set(handlers)
         for target in targets:
-            assert handlers[target]["_disabled_"] == "$@tracking_run_id is None"
-            assert handlers[target]["run_id"] == "@tracking_run_id"
+            assert handlers[target]["run"] == "@mlflow_run" and "_disabled_" not in handlers[target]
+        assert parser[f"{key}#mlflow#_disabled_"] == "$not @mlflow_run.enabled"
     train = parser["train#handlers"]
-    assert train[-1]["_target_"] == "mskd.handlers.TrainingCheckpoint"
-    assert train[-1]["save_dict"]["best_checkpoint"] == "@validate#handlers#2"
-    assert parser["validate#handlers#2#_target_"] == "mskd.handlers.CheckpointSaver"
-    assert parser["validate#handlers"][-1]["_target_"] == "mskd.handlers.OverlayHandler"
+    assert list(train)[-1] == "checkpoint" and train["checkpoint"]["_target_"] == "mskd.handlers.TrainingCheckpoint"
+    assert train["checkpoint"]["save_dict"]["best_checkpoint"] == "@validate#handlers#best_model"
+    assert parser["validate#handlers#best_model#_target_"] == "mskd.handlers.CheckpointSaver"
+    assert list(parser["validate#handlers"].values())[-1]["_target_"] == "mskd.tracking.OverlayHandler"
     assert parser["overlay_teacher"] == ("@teacher_network" if "distill.json" in stack else None)
     assert (parser["tracking_tags#teacher"] is None) == ("train_student.json" in stack)  # the baseline has none
 
@@ -181,13 +183,14 @@ def test_cached_teacher_outputs_with_augmentation_are_refused_in_one_line(worksp
 def test_evaluation_handlers_draw_and_tag_the_test_run():
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / f) for f in ("train_teacher.json", "distill.json", "evaluate.json")])
-    handlers = {h["_target_"]: h for h in parser["validate#handlers"] if isinstance(h, dict)}
-    for target in ("MetricBarsHandler", "RunTagsHandler", "OverlayHandler"):
-        assert handlers[f"mskd.handlers.{target}"]["_disabled_"] == "$@tracking_run_id is None"
-    assert handlers["mskd.handlers.MetricBarsHandler"]["volume_metrics"] == "@validate#volume_metrics"
-    assert handlers["mskd.handlers.OverlayHandler"]["teacher"] == "@overlay_teacher"
-    artifacts = handlers["mskd.handlers.MLFlowHandler"]["artifacts"]
-    assert "@validate#volume_metrics.csv_path" in artifacts and "@validate#volume_metrics.summary_path" in artifacts
+    handlers = parser["validate#handlers"]
+    for name in ("metric_bars", "run_tags", "overlays"):
+        assert handlers[name]["run"] == "@mlflow_run" and "_disabled_" not in handlers[name]
+    assert handlers["metric_bars"]["volume_metrics"] == "@validate#handlers#volume_metrics"
+    assert handlers["overlays"]["teacher"] == "@overlay_teacher"
+    artifacts = handlers["mlflow"]["artifacts"]
+    assert "@validate#handlers#volume_metrics.csv_path" in artifacts
+    assert "@validate#handlers#volume_metrics.summary_path" in artifacts
 
 
 def test_inference_writes_labels_on_the_input_grid(trained, tmp_path):
@@ -335,12 +338,12 @@ def test_cli_predict_and_export_wrap_the_bundle(trained, tmp_path, capsys):
     model = str(root / "models" / "model.pt")
     dataset = json.loads((root / "data" / "dataset.json").read_text())
     image = root / "data" / dataset["test"][0]["image"]
-    argv = ["--bundle", str(BUNDLE), "--checkpoint", model, "--image-size", "32"]
-    assert main(["predict", "--input", str(image), "--output", str(tmp_path / "pred"), *argv]) == 0
+    argv = ["--bundle", str(BUNDLE), "--ckpt-path", model, "--image-size", "32"]
+    assert main(["predict", "--input", str(image), "--output-dir", str(tmp_path / "pred"), *argv]) == 0
     [written] = list((tmp_path / "pred").glob("*_seg.nii.gz"))
     assert f"wrote {written}" in capsys.readouterr().out
     assert nib.load(written).shape == nib.load(image).shape
-    assert main(["export", "--format", "onnx", "--out", str(tmp_path / "student.onnx"), *argv]) == 0
+    assert main(["export", "--format", "onnx", "--output-file", str(tmp_path / "student.onnx"), *argv]) == 0
     assert "max |export - eager|" in capsys.readouterr().out and (tmp_path / "student.onnx").is_file()
 
 
@@ -354,11 +357,11 @@ def test_cli_trains_distils_and_evaluates_through_the_bundle(workspace, tmp_path
     epochs = tiny.pop("--max_epochs")
     argv = ["--dataset-dir", str(root / "data"), "--output-dir", str(tmp_path), "--teacher", "unet", "--seed", "0"]
     argv += [arg for key, value in tiny.items() for arg in ("--set", f"{key[2:]}={value}")]
-    assert main(["train-teacher", *argv, "--epochs", epochs]) == 0
+    assert main(["train-teacher", *argv, "--max-epochs", epochs]) == 0
     out = capsys.readouterr().out
     assert "unet-teacher-s0:" in out and "best val_mean_dice" in out and "(epoch 1)" in out
     assert f"checkpoint            {tmp_path / 'models' / 'unet-teacher-s0.pt'}" in out
-    assert main(["distill", *argv, "--epochs", epochs, "--set", 'tracking_tags_extra={"experiment": "cli"}']) == 0
+    assert main(["distill", *argv, "--max-epochs", epochs, "--set", 'tracking_tags_extra={"experiment": "cli"}']) == 0
     assert "final loss (epoch 1)  loss " in capsys.readouterr().out
     assert main(["evaluate", "--method", "mskd", *argv]) == 0
     table = capsys.readouterr().out
@@ -387,9 +390,7 @@ def test_cli_refuses_bad_input_before_training(debug, tmp_path, capsys, monkeypa
             main(["--debug", *argv])
         assert isinstance(raised.value.__cause__, ValidationError) and message in str(raised.value.__cause__)
     else:
-        with pytest.raises(SystemExit) as exit_info:
-            main(argv)
-        assert exit_info.value.code == 2
+        assert main(argv) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -398,15 +399,13 @@ def test_cli_predict_refuses_a_missing_checkpoint_and_input_before_running(tmp_p
     from mskd.cli import main
 
     monkeypatch.delenv("MSKD_DEBUG", raising=False)
-    argv = ["predict", "--bundle", str(BUNDLE), "--input", str(tmp_path), "--output", str(tmp_path / "out")]
-    with pytest.raises(SystemExit) as exit_info:
-        main([*argv, "--checkpoint", str(tmp_path / "none.pt")])
-    assert exit_info.value.code == 2
+    argv = ["predict", "--bundle", str(BUNDLE), "--input", str(tmp_path), "--output-dir", str(tmp_path / "out")]
+    assert main([*argv, "--ckpt-path", str(tmp_path / "none.pt")]) == 2
     err = capsys.readouterr().err
     assert err.splitlines() == [
         "mskd: 2 problem(s) found before starting:",
         f"  - --input: no .nii/.nii.gz file and no DICOM series in {tmp_path}",
-        f"  - --checkpoint: student checkpoint not found: {tmp_path / 'none.pt'}. Train the student first (see the "
+        f"  - --ckpt-path: student checkpoint not found: {tmp_path / 'none.pt'}. Train the student first (see the "
         "bundle's docs/README.md) or point the config at an existing file.",
     ]
     assert not (tmp_path / "out").exists()

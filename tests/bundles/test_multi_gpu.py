@@ -65,8 +65,8 @@ def distributed_run(tmp_path_factory):
     record.write_text(
         json.dumps(
             {
-                "+train#handlers": [{**recorder, "name": "train", "network": "@network"}],
-                "+validate#handlers": [{**recorder, "name": "validate"}],
+                "+train#handlers": {"record": {**recorder, "name": "train", "network": "@network"}},
+                "+validate#handlers": {"record": {**recorder, "name": "validate"}},
             }
         )
     )
@@ -192,7 +192,7 @@ def test_validation_metric_is_reduced_over_ranks(distributed_run):
             "student": STUDENT,
             **TINY,
             "network": f"$mskd.networks.load_weights(@network_def, {str(root / 'models' / 'model.pt')!r}).to(@device)",
-            "validate#handlers": [],  # no tracking, no checkpoint: just the metric
+            "validate#handlers": {},  # no tracking, no checkpoint: just the metric
         }
     )
     evaluator = parser.get_parsed_content("validate#evaluator")
@@ -212,11 +212,9 @@ def _stack() -> ConfigParser:
 @pytest.mark.parametrize(
     "handler, target",
     [
-        ("train#handlers#2", "StatsHandler"),
-        ("train#handlers#3", "mskd.handlers.MLFlowHandler"),
-        ("validate#handlers#1", "StatsHandler"),
-        ("validate#handlers#2", "mskd.handlers.CheckpointSaver"),
-        ("validate#handlers#3", "mskd.handlers.MLFlowHandler"),
+        ("train#handlers#stats", "StatsHandler"),
+        ("validate#handlers#stats", "StatsHandler"),
+        ("validate#handlers#best_model", "mskd.handlers.CheckpointSaver"),
     ],
 )
 def test_rank0_only_overrides_point_at_the_intended_handlers(handler, target):
@@ -243,23 +241,27 @@ def test_override_keeps_every_initialize_step_of_the_base():
     assert "$mskd.distributed.destroy_process_group()" in _stack()["finalize"]
 
 
-@pytest.mark.parametrize("key", ["executed_config", "tracking_run_id"])
-def test_rank0_only_values_are_the_base_ones_on_rank0(key):
-    """Only rank 0 writes the executed config and opens (or reopens) the MLflow run."""
-    base = ConfigParser()
-    base.read_config([str(CONFIGS / f) for f in STACK[:2]])
-    assert _stack()[key] == base[key] + " if dist.get_rank() == 0 else None"
+def test_only_rank0_tracks_and_writes_the_executed_config():
+    """Only rank 0 opens (or reopens) the MLflow run, logs to it and writes the executed config; the base's switch
+    (``--mlflow false``) still holds there."""
+    parser = _stack()
+    assert parser["mlflow_run#enabled"] == "$mskd.flags.as_flag(@mlflow, 'mlflow') and dist.get_rank() == 0"
+    for key in ("train#handlers#mlflow", "validate#handlers#mlflow"):
+        assert parser[f"{key}#_target_"] == "mskd.tracking.MLFlowHandler"
+        assert parser[f"{key}#_disabled_"] == "$not @mlflow_run.enabled"
+    assert "$dist.get_rank() > 0 or mskd.tracking.save_executed_config(@executed_config)" in parser["initialize"]
 
 
 def test_the_resume_checkpoint_carries_the_best_model_saver_and_comes_last():
-    """``TrainingCheckpoint`` refers to the best-model saver by position, and must be the last training handler."""
+    """``TrainingCheckpoint`` refers to the best-model saver by name, and must be the last training handler."""
     for parser in (_stack(), ConfigParser()):
         if not parser.get("initialize"):
             parser.read_config([str(CONFIGS / f) for f in STACK[:2]])
         handlers = parser["train#handlers"]
-        assert handlers[-1]["_target_"] == "mskd.handlers.TrainingCheckpoint"
-        assert handlers[-1]["save_dict"]["best_checkpoint"] == "@validate#handlers#2"
-        assert parser["validate#handlers#2#_target_"] == "mskd.handlers.CheckpointSaver"
+        assert list(handlers)[-1] == "checkpoint"
+        assert handlers["checkpoint"]["_target_"] == "mskd.handlers.TrainingCheckpoint"
+        assert handlers["checkpoint"]["save_dict"]["best_checkpoint"] == "@validate#handlers#best_model"
+        assert parser["validate#handlers#best_model#_target_"] == "mskd.handlers.CheckpointSaver"
 
 
 def test_teacher_is_not_wrapped():

@@ -81,7 +81,7 @@ def runs(tmp_path_factory):
     marker = base / "paused"
     pause = base / "pause.json"
     handler = {"_target_": "tests.bundles.pause.PauseAt", "iteration": PAUSE_AT, "marker": str(marker)}
-    pause.write_text(json.dumps({"+train#handlers": [handler]}))
+    pause.write_text(json.dumps({"+train#handlers": {"pause": handler}}))
 
     started = time.monotonic()
     uninterrupted = _launch(roots["a"], data)

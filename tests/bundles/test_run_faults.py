@@ -106,7 +106,7 @@ def root(tmp_path, empty_store, monkeypatch) -> Path:
 def _config(root: Path, handler: dict) -> str:
     """A config file adding ``handler`` to the training's handlers."""
     path = root / f"{handler['_target_'].rsplit('.', 1)[1]}.json"
-    path.write_text(json.dumps({"+train#handlers": [handler]}))
+    path.write_text(json.dumps({"+train#handlers": {"fault": handler}}))
     return str(path)
 
 

@@ -403,3 +403,26 @@ def test_bundle_options_reach_the_losses() -> None:
     assert loss.term_losses["imd"].power == 2.0 and loss.term_losses["cwd"].temperature == 1.0
     assert loss.term_losses["skd"].pool_size == 4
     assert loss.required_stages == ("high", "low")
+
+
+def test_hyperparameters_are_the_active_terms_arguments():
+    """The loss reports what it computes, for tracking: switched-off terms are absent."""
+    loss = DistillationLoss(
+        DiceCELoss(),
+        {
+            "kd": {"loss": LogitDistillationLoss(temperature=2.0, class_balanced=True), "weight": 0.5},
+            "ffd": {"loss": FeatureFilteringDistillationLoss(band_radius=3), "weight": 0.9, "stages": ["low"]},
+            "rgd": {"loss": RegionGraphDistillationLoss(order=2), "weight": 0.0, "stages": ["low"]},
+        },
+        warmup_iterations=10,
+    )
+    params = loss.hyperparameters()
+    assert {k: params[k] for k in ("loss", "seg_loss", "distill_warmup_iterations")} == {
+        "loss": "DistillationLoss",
+        "seg_loss": "DiceCELoss",
+        "distill_warmup_iterations": 10,
+    }
+    assert (params["kd_weight"], params["kd_temperature"], params["kd_class_balanced"]) == (0.5, 2.0, True)
+    assert (params["ffd_weight"], params["ffd_stages"], params["ffd_band_radius"]) == (0.9, ["low"], 3)
+    assert "kd_stages" not in params and not [k for k in params if k.startswith("rgd_")]
+    assert "kd_reduction" not in params

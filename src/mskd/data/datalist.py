@@ -84,7 +84,8 @@ def msd_datalist(dataset_dir: str | os.PathLike, key: str = "training", filename
     path = dataset_dir / filename
     if not dataset_dir.is_dir():
         raise FileNotFoundError(
-            f"dataset folder not found: {dataset_dir} (set --dataset_dir; `mskd phantom --out DIR` makes a demo set)"
+            f"dataset folder not found: {dataset_dir} "
+            "(set --dataset_dir; `mskd phantom --output-dir DIR` makes a demo set)"
         )
     if not path.is_file():
         raise FileNotFoundError(f"no {filename} in {dataset_dir} (an MSD-style dataset.json lists the cases)")

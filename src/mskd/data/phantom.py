@@ -39,6 +39,7 @@ from monai.utils import look_up_option
 from scipy import ndimage
 
 from mskd.io import atomic_open, atomic_path
+from mskd.progress import with_progress
 
 from .labels import KITS_LABELS, SYNAPSE_LABELS, TASK_LABELS
 
@@ -825,7 +826,7 @@ def generate_phantom_dataset(
         test_cases: number of held-out cases, ``0 <= test_cases < cases``. Default ``max(1, round(0.25 * cases))``,
             capped at ``cases - 1`` (so a single case gives no test split).
         progress: show progress over cases: a bar on a terminal, a few plain lines otherwise
-            (:func:`mskd.handlers.with_progress`).
+            (:func:`mskd.progress.with_progress`).
         fov_jitter: relative half-range of the per-case field of view, see :func:`make_phantom_case` (0 gives every
             case the fixed 400 x 400 x 240 mm field of view).
 
@@ -859,8 +860,6 @@ def generate_phantom_dataset(
     entries = []
     indices: Iterable[int] = range(cases)
     if progress:
-        from mskd.handlers import with_progress
-
         indices = with_progress(indices, cases, f"{task} phantom", unit="case")
     for i in indices:
         image, label, affine = _make_case(np.random.default_rng([int(seed), i]), task, dims, difficulty, fov_jitter)

@@ -4,7 +4,6 @@ training needs."""
 from .checkpointing import (
     LATEST_CHECKPOINT,
     RandomStates,
-    as_flag,
     checkpoint_run_id,
     epoch_seed,
     resume_checkpoint,
@@ -28,7 +27,6 @@ __all__ = [
     "DistillationTrainer",
     "RandomStates",
     "TeacherCache",
-    "as_flag",
     "checkpoint_run_id",
     "epoch_seed",
     "every",

@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from mskd.flags import as_flag
 from mskd.io import load_checkpoint
 
 __all__ = [
     "LATEST_CHECKPOINT",
     "RUN_LOCK",
     "RandomStates",
-    "as_flag",
     "checkpoint_run_id",
     "epoch_seed",
     "lock_run_dir",
@@ -45,23 +45,6 @@ __all__ = [
 LATEST_CHECKPOINT = "latest.pt"  # the resumable checkpoint in a run folder
 RUN_LOCK = "run.lock"  # in a run folder: "<pid> <host>" of the process training the run
 _HELD: dict[Path, int] = {}  # lock file -> the descriptor holding its lock, kept open while this process lives
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
-
-
-def as_flag(value: Any, name: str) -> bool:
-    """A config switch as a ``bool``: ``True``/``False``, or the strings ``true``/``false`` (also ``1``/``0``,
-    ``yes``/``no``, ``on``/``off``, any case) that a command line such as ``--resume false`` passes.
-
-    Raises:
-        ValueError: for any other value (the message names ``name`` and the value).
-    """
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, np.integer)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-        return value.strip().lower() in _TRUE
-    raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -232,7 +215,7 @@ def resume_checkpoint(run_dir: str | os.PathLike, resume: Any = True) -> str | N
 
     Args:
         run_dir: the run folder (one per run name).
-        resume: the ``resume`` switch (see :func:`as_flag`).
+        resume: the ``resume`` switch (see :func:`~mskd.flags.as_flag`).
 
     Returns:
         the checkpoint's path as a string, or ``None``.

@@ -24,7 +24,7 @@ import torch
 from monai.data import MetaTensor
 from monai.utils import look_up_option
 
-from .checkpointing import as_flag
+from mskd.flags import as_flag
 
 __all__ = [
     "DEFAULT_CACHE_BYTES",
@@ -268,7 +268,7 @@ def resolve_teacher_outputs(mode: str, augment: Any) -> str:
 
     Args:
         mode: ``"auto"``, ``"cached"`` or ``"live"``.
-        augment: the ``augment`` switch (``True``/``False`` or the strings ``mskd.engines.as_flag`` reads).
+        augment: the ``augment`` switch (``True``/``False`` or the strings ``mskd.flags.as_flag`` reads).
 
     Raises:
         ValueError: for another mode, an ``augment`` that is not a switch, or ``"cached"`` with ``augment`` true

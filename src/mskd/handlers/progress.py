@@ -1,20 +1,16 @@
-"""Progress on the terminal: a bar when a person watches (a TTY), plain periodic lines when the output is a log file.
-
-A progress bar redraws one line with carriage returns; written to a file or a pipe (CI, ``nohup``, ``| tee``) it turns
-into one long line of fragments. So every progress display of mskd asks :func:`interactive` first and, when the
-answer is no, writes ordinary lines instead (or nothing, where periodic lines are written anyway, as MONAI's
-``StatsHandler`` does during training).
-"""
+"""The progress of an engine's epochs on the terminal: a bar per epoch, or log lines (the rules are
+:mod:`mskd.progress`'s)."""
 
 from __future__ import annotations
 
-import os
-import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from monai.utils import optional_import
+
+from mskd.flags import as_flag
+from mskd.progress import interactive
 
 Events, _ = optional_import("ignite.engine", name="Events")
 if TYPE_CHECKING:
@@ -22,66 +18,23 @@ if TYPE_CHECKING:
 else:
     Engine, _ = optional_import("ignite.engine", name="Engine")
 
-__all__ = ["ProgressHandler", "interactive", "with_progress"]
-
-T = TypeVar("T")
-
-
-def interactive() -> bool:
-    """Whether progress bars are drawn: stdout and stderr are terminals, and this is the first (or only) process.
-
-    Bars go to stderr and log lines to stdout; both must be terminals, or a redirected one would collect the bar's
-    redraws. Under ``torchrun`` (``RANK`` set) only rank 0 draws.
-    """
-    streams = (sys.stdout, sys.stderr)
-    ttys = all(callable(getattr(s, "isatty", None)) and s.isatty() for s in streams)
-    return ttys and os.environ.get("RANK", "0") == "0"
-
-
-def with_progress(
-    iterable: Iterable[T], total: int, desc: str, unit: str = "it", bar: bool | None = None, lines: int = 10
-) -> Iterator[T]:
-    """Iterate over ``iterable`` showing progress: a tqdm bar on a terminal, else about ``lines`` printed lines.
-
-    Args:
-        iterable: what to iterate over.
-        total: its length.
-        desc: what is being done, e.g. ``"synapse phantom"``.
-        unit: what one item is, e.g. ``"case"``.
-        bar: draw a bar (``True``), print lines (``False``), or ask :func:`interactive` (``None``).
-        lines: the number of plain lines over the whole iteration (the last item always gets one).
-
-    Yields:
-        the items of ``iterable``.
-    """
-    if interactive() if bar is None else bar:
-        from tqdm import tqdm
-
-        yield from tqdm(iterable, total=total, desc=desc, unit=unit)
-        return
-    step = max(1, -(-total // max(1, lines)))
-    start = time.perf_counter()
-    done = 0
-    for done, item in enumerate(iterable, start=1):
-        yield item
-        if done % step == 0 or done == total:
-            print(f"{desc}: {done}/{total} {unit}s ({time.perf_counter() - start:.1f} s)", flush=True)
+__all__ = ["ProgressHandler"]
 
 
 class ProgressHandler:
     """Progress of an engine's epochs: a tqdm bar per epoch on a terminal, else log lines (or none).
 
-    With ``bar`` true (a config's ``progress`` value, :func:`interactive` by default) a bar counts each epoch's
-    iterations, shows ``output_transform``'s values (e.g. the loss terms) after it, and is closed at the epoch's last
-    iteration, so that what runs at ``EPOCH_COMPLETED`` (validation and its log lines) prints below a finished bar.
-    Otherwise, with ``log_every > 0``, the engine's logger writes ``<desc>: <i>/<n> (<s> s)`` every ``log_every``
-    iterations and at the epoch's last one; with ``log_every = 0`` nothing is shown (for training, where
+    With ``bar`` true (a config's ``progress`` value, :func:`~mskd.progress.interactive` by default) a bar counts
+    each epoch's iterations, shows ``output_transform``'s values (e.g. the loss terms) after it, and is closed at the
+    epoch's last iteration, so that what runs at ``EPOCH_COMPLETED`` (validation and its log lines) prints below a
+    finished bar. Otherwise, with ``log_every > 0``, the engine's logger writes ``<desc>: <i>/<n> (<s> s)`` every
+    ``log_every`` iterations and at the epoch's last one; with ``log_every = 0`` nothing is shown (for training, where
     ``StatsHandler`` already writes periodic lines).
 
     Args:
         desc: what the engine does, e.g. ``"train"``, ``"evaluate"``, ``"segment"``.
         bar: draw the bar (``True``/``False``, or the strings ``true``/``false`` of a command line); ``None`` asks
-            :func:`interactive`.
+            :func:`~mskd.progress.interactive`.
         output_transform: ``engine.state.output`` -> ``{name: float}`` shown after the bar.
         log_every: the interval of the plain lines in iterations (``0``: none).
 
@@ -96,8 +49,6 @@ class ProgressHandler:
         output_transform: Callable[[Any], dict[str, float]] | None = None,
         log_every: int = 0,
     ) -> None:
-        from mskd.engines.checkpointing import as_flag
-
         if log_every < 0:
             raise ValueError(f"log_every must be >= 0 (0: no plain lines), got {log_every}")
         self.desc = desc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,16 @@ def _parse_stages(name: str, value: object) -> tuple[str, ...] | None:
     if len(set(stages)) != len(stages):
         raise ValueError(f"term {name!r}: stages must not repeat a tap name, got {value!r}.")
     return stages
+
+
+def _arguments(loss: object) -> dict[str, Any]:
+    """The constructor arguments a loss keeps as attributes of the same name (``reduction`` left out)."""
+    names = [
+        p.name
+        for p in inspect.signature(type(loss).__init__).parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("self", "reduction")
+    ]
+    return {name: getattr(loss, name) for name in names if hasattr(loss, name)}
 
 
 class DistillationLoss(_Loss):
@@ -144,6 +155,23 @@ class DistillationLoss(_Loss):
     def weights(self) -> dict[str, float]:
         """Weight of every active term, in configuration order."""
         return {name: term.weight for name, term in self._terms.items()}
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """What this loss computes, as flat names for tracking: its class and the segmentation loss's, the warm-up,
+        and for each active term ``<term>_weight``, ``<term>_stages`` (feature terms) and ``<term>_<argument>`` for
+        each constructor argument the term keeps (e.g. ``kd_temperature``, ``ffd_band_radius``); switched-off terms are
+        absent, so a run's params are the ones in force."""
+        params: dict[str, Any] = {
+            "loss": type(self).__name__,
+            "seg_loss": type(self.seg_loss).__name__,
+            "distill_warmup_iterations": self.warmup_iterations,
+        }
+        for name, term in self._terms.items():
+            params[f"{name}_weight"] = term.weight
+            if term.stages is not None:
+                params[f"{name}_stages"] = list(term.stages)
+            params.update({f"{name}_{key}": value for key, value in _arguments(term.loss).items()})
+        return params
 
     def warmup_factor(self, iteration: int | None = None) -> float:
         """The ramp ``min(1, iteration / warmup_iterations)`` applied to every distillation weight.

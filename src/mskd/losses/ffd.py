@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from monai.utils import LossReduction
 from torch import Tensor
 
+from mskd.flags import as_flag
 from mskd.losses.base import DistillationTermLoss, SampleValues, check_int, check_real
 from mskd.losses.regions import (
     DEFAULT_MIN_REGION_FRACTION,
@@ -103,8 +104,7 @@ class FeatureFilteringDistillationLoss(DistillationTermLoss):
     ) -> None:
         super().__init__(reduction=reduction)
         self.band_radius = check_int("band_radius", band_radius, minimum=0)
-        if not isinstance(filter_teacher_errors, bool):
-            raise TypeError(f"filter_teacher_errors must be a bool, got {filter_teacher_errors!r}.")
+        filter_teacher_errors = as_flag(filter_teacher_errors, "filter_teacher_errors")
         self.filter_teacher_errors = filter_teacher_errors
         self.prototype_weight = check_real("prototype_weight", prototype_weight, minimum=0.0)
         self.min_region_fraction = check_real("min_region_fraction", min_region_fraction, minimum=0.0, maximum=1.0)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from monai.utils import LossReduction
 from torch import Tensor
 
+from mskd.flags import as_flag
 from mskd.losses.base import DistillationTermLoss, check_int, check_real
 from mskd.losses.regions import (
     DEFAULT_MIN_REGION_FRACTION,
@@ -68,9 +69,9 @@ class LogitDistillationLoss(DistillationTermLoss):
     ) -> None:
         super().__init__(reduction=reduction)
         self.temperature = check_real("temperature", temperature, minimum=0.0, strict=True)
-        for name, flag in (("class_balanced", class_balanced), ("filter_teacher_errors", filter_teacher_errors)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be a bool, got {flag!r}.")
+        # switches as a config or a command line spells them (``--kd_class_balanced false``), read once here
+        class_balanced = as_flag(class_balanced, "class_balanced")
+        filter_teacher_errors = as_flag(filter_teacher_errors, "filter_teacher_errors")
         self.class_balanced = class_balanced
         self.filter_band_radius = (
             None if filter_band_radius is None else check_int("filter_band_radius", filter_band_radius, minimum=0)

@@ -1,0 +1,132 @@
+"""One way into a bundle: its folder, its stacks of config files, and the parser, workflow or command line of a stack.
+
+Every caller that runs or reads a bundle (``mskd`` train/evaluate, ``mskd predict``, ``mskd export``, the experiment
+runner's subprocesses, ``make demo``) goes through :class:`Bundle`, so that the stack names, the files MONAI is handed
+(``metadata.json``, ``logging.conf``, ``bundle_root``) and the way a workflow is built live in one place. A run in
+this process is what ``python -m monai.bundle run`` does with the same files and overrides
+(``monai.bundle.create_workflow``, ``run``, ``finalize``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+__all__ = ["EVALUATE", "INFERENCE", "STACKS", "Bundle"]
+
+# method (the bundle's `method` value) -> the config files that train it, as a user stacks them
+STACKS: dict[str, tuple[str, ...]] = {
+    "teacher": ("train_teacher.json",),
+    "baseline": ("train_teacher.json", "train_student.json"),
+    "mskd": ("train_teacher.json", "distill.json"),
+}
+EVALUATE = "evaluate.json"  # stacked on a training stack, it evaluates that stack's model on the test cases
+INFERENCE = "inference.json"  # a stack of its own: segment new volumes with the bundle's student
+
+
+class Bundle:
+    """An mskd bundle folder.
+
+    Args:
+        root: the bundle folder (``configs/`` holds its config files).
+
+    Raises:
+        FileNotFoundError: when ``root`` has no ``configs/train_teacher.json``.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).resolve()
+        if not (self.root / "configs" / STACKS["teacher"][0]).is_file():
+            raise FileNotFoundError(
+                f"{self.root} is not an mskd bundle (no configs/{STACKS['teacher'][0]}); pass --bundle"
+            )
+        self.configs = self.root / "configs"
+
+    def __repr__(self) -> str:
+        return f"Bundle({str(self.root)!r})"
+
+    @staticmethod
+    def stack(method: str, evaluate: bool = False) -> tuple[str, ...]:
+        """The config files that train ``method`` (:data:`STACKS`), plus ``evaluate.json`` to test what it trained.
+
+        Raises:
+            ValueError: for an unknown ``method``.
+        """
+        if method not in STACKS:
+            raise ValueError(f"unknown method {method!r}; choose one of {list(STACKS)}")
+        return (*STACKS[method], EVALUATE) if evaluate else STACKS[method]
+
+    def paths(self, files: Sequence[str]) -> list[str]:
+        """The stack's files as absolute paths (names are looked up in ``configs/``; paths are kept)."""
+        return [str(self.configs / f) if os.path.basename(f) == f else str(Path(f).resolve()) for f in files]
+
+    def _files(self) -> dict[str, str]:
+        return {
+            "meta_file": str(self.configs / "metadata.json"),
+            "logging_file": str(self.configs / "logging.conf"),
+            "bundle_root": str(self.root),
+        }
+
+    def parser(self, files: Sequence[str], **overrides: Any) -> Any:
+        """The stack's merged config with ``overrides`` applied, read but not run (nothing is built or written).
+
+        Returns:
+            a ``monai.bundle.ConfigParser``.
+        """
+        from monai.bundle import ConfigParser
+
+        parser = ConfigParser()
+        parser.read_config(self.paths(files))
+        parser.read_meta(self._files()["meta_file"])
+        parser.update({"bundle_root": str(self.root), **overrides})
+        return parser
+
+    def workflow(self, files: Sequence[str], **overrides: Any) -> Any:
+        """The stack as an initialised ``monai.bundle.ConfigWorkflow`` (its ``initialize`` has run: the up-front
+        checks, the MLflow run opened)."""
+        from monai.bundle import create_workflow
+
+        files_ = self._files()
+        return create_workflow(
+            config_file=self.paths(files),
+            meta_file=files_["meta_file"],
+            logging_file=files_["logging_file"],
+            bundle_root=files_["bundle_root"],
+            **overrides,
+        )
+
+    def run(self, files: Sequence[str], **overrides: Any) -> Any:
+        """Run the stack in this process, as ``python -m monai.bundle run`` would; returns the finished workflow
+        (its ``parser`` holds the objects the run used)."""
+        workflow = self.workflow(files, **overrides)
+        workflow.run()
+        workflow.finalize()
+        return workflow
+
+    def command(self, files: Sequence[str]) -> list[str]:
+        """The ``python -m monai.bundle run`` command line of the stack, for a subprocess (overrides follow it, or
+        come as a last config file in ``files``)."""
+        command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(self.paths(files))]
+        for key, value in self._files().items():
+            command += [f"--{key}", value]
+        return command
+
+    @cached_property
+    def defaults(self) -> Any:
+        """The base training config as shipped (no overrides): the bundle's task, experiment name, data folder."""
+        return self.parser(STACKS["teacher"])
+
+    @property
+    def task(self) -> str:
+        """The label set: ``synapse`` or ``kits``."""
+        return str(self.defaults["task"])
+
+    @property
+    def experiment_name(self) -> str:
+        """The MLflow experiment the bundle's runs log to."""
+        return str(self.defaults["experiment_name"])

@@ -1,0 +1,55 @@
+"""``mskd.bundle.Bundle``: the one way into a bundle (stacks, files handed to MONAI, parser, workflow, command line)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mskd.bundle import EVALUATE, INFERENCE, STACKS, Bundle
+
+BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+
+
+def test_a_folder_that_is_not_a_bundle_is_refused(tmp_path):
+    with pytest.raises(
+        FileNotFoundError, match=r"is not an mskd bundle \(no configs/train_teacher\.json\); pass --bundle"
+    ):
+        Bundle(tmp_path)
+
+
+def test_stacks_name_their_files_base_first():
+    assert Bundle.stack("teacher") == ("train_teacher.json",)
+    assert Bundle.stack("mskd", evaluate=True) == ("train_teacher.json", "distill.json", EVALUATE)
+    assert [files[0] for files in STACKS.values()] == ["train_teacher.json"] * 3
+    with pytest.raises(ValueError, match=r"unknown method 'kd'; choose one of \['teacher', 'baseline', 'mskd'\]"):
+        Bundle.stack("kd")
+
+
+@pytest.mark.parametrize("name, task", [("mskd_synapse", "synapse"), ("mskd_kits", "kits")])
+def test_each_bundle_says_its_task_and_experiment(name, task):
+    bundle = Bundle(BUNDLES / name)
+    assert bundle.root == (BUNDLES / name).resolve() and (bundle.task, bundle.experiment_name) == (task, name)
+    for files in [*STACKS.values(), (INFERENCE,)]:
+        assert all(Path(p).is_file() for p in bundle.paths(files))
+
+
+def test_a_parsed_stack_has_the_overrides_and_builds_nothing(tmp_path):
+    bundle = Bundle(BUNDLES / "mskd_synapse")
+    parser = bundle.parser(STACKS["mskd"], output_dir=str(tmp_path / "out"), seed=3, teacher="unet")
+    assert parser["bundle_root"] == str(bundle.root) and parser["_meta_#name"]
+    assert parser.get_parsed_content("run_name") == "tiny_unet_from_unet-mskd-s3"
+    run = parser.get_parsed_content("mlflow_run")  # the run object: nothing opened, no store made
+    assert run.given_run_id is None and not (tmp_path / "out").exists()
+
+
+def test_the_command_line_is_what_a_user_types(tmp_path):
+    bundle = Bundle(BUNDLES / "mskd_kits")
+    command = bundle.command([*STACKS["baseline"], str(tmp_path / "overrides.json")])
+    assert command[1:4] == ["-m", "monai.bundle", "run"]
+    assert json.loads(command[command.index("--config_file") + 1]) == [
+        str(bundle.configs / "train_teacher.json"),
+        str(bundle.configs / "train_student.json"),
+        str(tmp_path / "overrides.json"),
+    ]
+    assert command[command.index("--bundle_root") + 1] == str(bundle.root)
+    assert command[command.index("--meta_file") + 1] == str(bundle.configs / "metadata.json")

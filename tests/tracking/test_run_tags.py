@@ -1,0 +1,57 @@
+"""RunTagsHandler: tags on the run, so runs can be filtered in MLflow."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow import MlflowClient
+
+from mskd.tracking import MlflowRun
+from mskd.tracking.run_tags import RunTagsHandler, runs_table_view
+from tests.tracking.tracked_training import EXPERIMENT, VIEW
+
+
+def test_tags_are_set_and_filterable(tracked):
+    client = MlflowClient(tracking_uri=tracked.uri)
+    tags = client.get_run(tracked.run_id).data.tags
+    assert {k: tags.get(k) for k in ("task", "teacher", "method", "seed")} == {
+        "task": "synapse",
+        "teacher": "conv",
+        "method": "teacher",
+        "seed": "0",
+    }
+    assert "student" not in tags  # None values are left out
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    found = client.search_runs([experiment.experiment_id], filter_string="tags.teacher = 'conv' and tags.seed = '0'")
+    assert [r.info.run_id for r in found] == [tracked.run_id]
+
+
+def test_experiment_tags_are_set(tracked):
+    client = MlflowClient(tracking_uri=tracked.uri)
+    tags = client.get_experiment_by_name(EXPERIMENT).tags
+    assert tags["mlflow.sharedViewState.mskd"] == VIEW and "unset" not in tags
+
+
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({}, {"selectedColumns": []}),
+        (
+            {"metrics": ["a", "b"], "params": ["p"], "tags": ["t"]},
+            {"selectedColumns": ["metrics.`a`", "metrics.`b`", "params.`p`", "tags.`t`"]},
+        ),
+        (
+            {"metrics": ["d"], "order_by": "d"},
+            {"selectedColumns": ["metrics.`d`"], "orderByKey": "metrics.`d`", "orderByAsc": False},
+        ),
+    ],
+)
+def test_runs_table_view(kwargs, expected):
+    assert json.loads(runs_table_view(**kwargs)) == expected
+
+
+@pytest.mark.parametrize("tags, match", [({}, "at least one"), ({"": 1}, "non-empty")])
+def test_bad_tags(tags, match):
+    with pytest.raises(ValueError, match=match):
+        RunTagsHandler(tags, MlflowRun("sqlite:///x.db", "e", "r"))
