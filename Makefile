@@ -67,11 +67,11 @@ figures: install
 	$(BIN)/python tools/phantom_vs_real.py --out docs/figures/phantom_vs_real.png \
 		--real-image $(REAL_CT)/example_ct.nii.gz --real-label $(REAL_CT)/example_ct_seg_btcv13.nii.gz
 
-# The MLflow dashboard of a store (default: the demo's) at http://127.0.0.1:$(MLFLOW_PORT); any other store with
+# The MLflow dashboard of a store (default: the demo's) at http://127.0.0.1:$(MLFLOW_PORT), with the address of each
+# experiment's runs table printed first (`mskd ui`); any other store with
 # MLFLOW_STORE=bundles/mskd_synapse/output/mlruns.db. tests/test_dashboard.py opens it in a headless Chromium.
 mlflow-ui: install
-	$(BIN)/mlflow server --backend-store-uri sqlite:///$(abspath $(MLFLOW_STORE)) \
-		--host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+	$(BIN)/mskd ui --store $(abspath $(MLFLOW_STORE)) --port $(MLFLOW_PORT)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache src/*.egg-info bundles/*/output bundles/*/models/*.pt

@@ -53,3 +53,23 @@ def test_the_command_line_is_what_a_user_types(tmp_path):
     ]
     assert command[command.index("--bundle_root") + 1] == str(bundle.root)
     assert command[command.index("--meta_file") + 1] == str(bundle.configs / "metadata.json")
+
+
+def test_the_configs_run_code_warning_is_said_once_per_bundle(monkeypatch):
+    """MONAI warns at every parse that configs run code; ``mskd demo`` parses six stacks: one warning per bundle."""
+    import warnings
+
+    import mskd.bundle
+
+    monkeypatch.setattr(mskd.bundle, "_TRUSTED", set())
+    bundle = Bundle(BUNDLES / "mskd_kits")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bundle.parser(STACKS["teacher"])
+        bundle.parser(STACKS["mskd"])
+    messages = [str(w.message) for w in caught]
+    assert [m for m in messages if "run Python code" in m] == [
+        f"the configs of {bundle.root} run Python code (`$` expressions, `_target_`): run only bundles you trust "
+        "(MONAI advisory GHSA-873f-pvrv-4x83)"
+    ]
+    assert not [m for m in messages if m.startswith("parsing config_file")]

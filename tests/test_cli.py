@@ -131,11 +131,12 @@ FLAGS = {
     },
     **{command: {**WORKFLOW_FLAGS, "--max-epochs": "max_epochs"} for command in TRAINING},
     "evaluate": {"--method": None, **WORKFLOW_FLAGS},
-    "experiment": dict.fromkeys(["--workdir", "--dry-run", "--allow-code"]),
+    "experiment": dict.fromkeys(["--workdir", "--dry-run", "--report-only", "--allow-code"]),
     "bench": {"--quick": None},
     "demo": dict.fromkeys(["--workdir", "--bundle", "--quick"]),
     "predict": {"--input": "input", "--output-dir": "output_dir", **STUDENT_FLAGS},
     "export": {"--format": None, "--output-file": None, **STUDENT_FLAGS},
+    "ui": dict.fromkeys(["--store", "--host", "--port"]),
 }
 CONFIG = {"predict": "inference.json", "export": "inference.json"}  # where the ids are; else train_teacher.json
 INTEGERS = {"image_size", "seed", "max_epochs"}

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from mskd.data.phantom import generate_phantom_dataset
+from mskd.tracking.ui import runs_url
 from tests.bundles.runner import BUNDLES, CPU_NETWORKS, TINY, mlflow_runs, output_dirs, run_bundle
 from tests.mlflow_store import copy_store
-from tools.dashboard import chromium, free_port, render, runs_url, serve, wait_until_up
+from tools.dashboard import chromium, free_port, render, serve, wait_until_up
 
 pytestmark = pytest.mark.e2e
 

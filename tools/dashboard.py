@@ -29,22 +29,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from html.parser import HTMLParser
 from pathlib import Path
 
-__all__ = [
-    "chromium",
-    "free_port",
-    "main",
-    "mlflow_server",
-    "page_text",
-    "render",
-    "runs_url",
-    "serve",
-    "wait_until_up",
-]
+from mskd.tracking.ui import mlflow_server, runs_url
+
+__all__ = ["chromium", "free_port", "main", "page_text", "render", "serve", "wait_until_up"]
 
 SERVER_START_S = 90.0  # the MLflow server's first start (database migrations) takes tens of seconds on a slow CPU
 PAGE_BUDGET_MS = 15000  # virtual time the UI gets to fetch and draw before the capture
-# ?workflowType=machine_learning: the UI's "Model training" view (MLflow 3 opens on its GenAI view otherwise)
-_TRAINING_VIEW = "workflowType=machine_learning"
 
 
 class _Text(HTMLParser):
@@ -93,13 +83,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def mlflow_server(store: str | os.PathLike, port: int) -> list[str]:
-    """The command of ``make mlflow-ui``: an MLflow server of the SQLite ``store`` on ``127.0.0.1:port``."""
-    uri = f"sqlite:///{Path(store).resolve()}"
-    host = ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, *host]
 
 
 @contextlib.contextmanager
@@ -193,15 +176,6 @@ def render(
     if proc.returncode != 0 or not Path(screenshot).is_file():
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return page_text(proc.stdout)
-
-
-def runs_url(base: str, experiment_id: str, run_id: str | None = None, path: str = "", view: str | None = None) -> str:
-    """A page of the MLflow UI in its model-training view: the experiment's runs table (with the shared ``view``),
-    a run's page, or (with ``path``, e.g. ``artifacts/overlays/epoch_001.png``) a page under the run."""
-    page = f"{base}/#/experiments/{experiment_id}/runs"
-    if run_id is not None:
-        page += f"/{run_id}" + (f"/{path}" if path else "")
-    return f"{page}?{_TRAINING_VIEW}" + (f"&viewStateShareKey={view}" if view else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

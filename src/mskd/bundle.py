@@ -9,10 +9,12 @@ this process is what ``python -m monai.bundle run`` does with the same files and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ STACKS: dict[str, tuple[str, ...]] = {
 }
 EVALUATE = "evaluate.json"  # stacked on a training stack, it evaluates that stack's model on the test cases
 INFERENCE = "inference.json"  # a stack of its own: segment new volumes with the bundle's student
+_TRUSTED: set[Path] = set()  # bundles whose "configs run code" warning this process has shown
 
 
 class Bundle:
@@ -65,6 +68,22 @@ class Bundle:
         """The stack's files as absolute paths (names are looked up in ``configs/``; paths are kept)."""
         return [str(self.configs / f) if os.path.basename(f) == f else str(Path(f).resolve()) for f in files]
 
+    @contextlib.contextmanager
+    def _code_warning_once(self) -> Iterator[None]:
+        """MONAI warns at every config it parses that configs run code; say it once per bundle and process instead
+        (``mskd demo`` parses six stacks of one bundle)."""
+        if self.root not in _TRUSTED:
+            _TRUSTED.add(self.root)
+            warnings.warn(
+                f"the configs of {self.root} run Python code (`$` expressions, `_target_`): run only bundles you trust "
+                "(MONAI advisory GHSA-873f-pvrv-4x83)",
+                UserWarning,
+                stacklevel=3,
+            )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"parsing config_file", category=UserWarning)
+            yield
+
     def _files(self) -> dict[str, str]:
         return {
             "meta_file": str(self.configs / "metadata.json"),
@@ -81,7 +100,8 @@ class Bundle:
         from monai.bundle import ConfigParser
 
         parser = ConfigParser()
-        parser.read_config(self.paths(files))
+        with self._code_warning_once():
+            parser.read_config(self.paths(files))
         parser.read_meta(self._files()["meta_file"])
         parser.update({"bundle_root": str(self.root), **overrides})
         return parser
@@ -92,13 +112,14 @@ class Bundle:
         from monai.bundle import create_workflow
 
         files_ = self._files()
-        return create_workflow(
-            config_file=self.paths(files),
-            meta_file=files_["meta_file"],
-            logging_file=files_["logging_file"],
-            bundle_root=files_["bundle_root"],
-            **overrides,
-        )
+        with self._code_warning_once():
+            return create_workflow(
+                config_file=self.paths(files),
+                meta_file=files_["meta_file"],
+                logging_file=files_["logging_file"],
+                bundle_root=files_["bundle_root"],
+                **overrides,
+            )
 
     def run(self, files: Sequence[str], **overrides: Any) -> Any:
         """Run the stack in this process, as ``python -m monai.bundle run`` would; returns the finished workflow

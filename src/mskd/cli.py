@@ -240,6 +240,22 @@ def _export(args: argparse.Namespace) -> None:
     )
 
 
+def _ui(args: argparse.Namespace) -> None:
+    import subprocess
+
+    from mskd.tracking.ui import experiment_pages, mlflow_server
+
+    base = f"http://{args.host}:{args.port}"
+    pages = experiment_pages(args.store, base)
+    print(f"MLflow UI of {args.store} at {base} (Ctrl-C stops it). The runs tables, with the bundle's columns:")
+    for name, runs, url in pages:
+        print(f"  {name} ({runs} runs): {url}")
+    if not pages:
+        print("  (no run in the store yet: refresh the UI once a training has started)")
+    sys.stdout.flush()
+    subprocess.run(mlflow_server(args.store, args.port, args.host), check=True)
+
+
 def _add_student_args(parser: argparse.ArgumentParser) -> None:
     """The flags of the commands that run a trained student (predict, export)."""
     parser.add_argument("--bundle", default="bundles/mskd_synapse", help="bundle folder")
@@ -418,6 +434,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-file", default=None, help="the file written (default: BUNDLE/models/model.onnx or model.ts)"
     )
     _add_student_args(export)
+
+    ui = command(
+        "ui",
+        _ui,
+        "serve the MLflow UI of a store and print the address of each experiment's runs table",
+        "mskd ui --store demo/output/mlruns.db --port 5000",
+    )
+    ui.add_argument("--store", default="demo/output/mlruns.db", help="the SQLite MLflow store (OUTPUT_DIR/mlruns.db)")
+    ui.add_argument("--host", default="127.0.0.1", help="address to serve on")
+    ui.add_argument("--port", type=int, default=5000, help="port to serve on")
     return parser
 
 

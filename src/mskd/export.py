@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.utils import ensure_tuple, look_up_option, optional_import
+from monai.utils import ensure_tuple, look_up_option
 from torch import nn
 
+from mskd.extras import require
 from mskd.io import atomic_path
 
 __all__ = [
@@ -51,14 +52,6 @@ _JIT_DEPRECATED = r"`torch\.jit\.\w+` is deprecated"  # TorchScript is deprecate
 # the settings of a plain state dict that export_checkpoint is not given (a self-describing checkpoint holds its own)
 _PLAIN_DEFAULTS = {"network": None, "network_kwargs": {}, "in_channels": 1, "num_classes": 9, "image_size": 224}
 _CLI_FLAGS = {"student": "--student", "image_size": "--image-size"}  # the flags of `mskd export` that default to it
-
-
-def _require(module: str) -> Any:
-    """Import an optional dependency of the ``onnx`` extra, or say how to install it."""
-    mod, found = optional_import(module)
-    if not found:
-        raise ImportError(f"{module} is not installed; ONNX export needs the optional extra: pip install 'mskd[onnx]'")
-    return mod
 
 
 def _check_sizes(image_size: int, in_channels: int) -> None:
@@ -117,7 +110,7 @@ def export_onnx(
         ImportError: when ``onnx`` is not installed (``pip install 'mskd[onnx]'``).
         ValueError: for non-positive sizes.
     """
-    onnx = _require("onnx")
+    onnx = require("onnx", "onnx", "ONNX export")
     from monai.networks.utils import convert_to_onnx
 
     _check_sizes(image_size, in_channels)
@@ -186,7 +179,7 @@ def check_onnx_parity(
         FileNotFoundError: when ``onnx_path`` does not exist.
         ValueError: when the two outputs differ in shape.
     """
-    ort = _require("onnxruntime")
+    ort = require("onnxruntime", "onnx", "ONNX export")
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise FileNotFoundError(f"ONNX file not found: {onnx_path} (write it with export_onnx or `mskd export`)")
@@ -345,8 +338,8 @@ def export_checkpoint(
         )
     _check_sizes(image_size, in_channels)
     if fmt == "onnx":  # fail before building the network
-        _require("onnx")
-        _require("onnxruntime")
+        require("onnx", "onnx", "ONNX export")
+        require("onnxruntime", "onnx", "ONNX export")
     network = get_network(network_name, in_channels, settings["num_classes"], **settings["network_kwargs"])
     load_weights(network, checkpoint_path, role=network_name).eval()
 

@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from mskd.extras import require
+
 __all__ = [
     "AIR_HU",
     "DEBUG_ENV",
@@ -848,7 +850,7 @@ def check_training(**kwargs: Any) -> None:
 
 def _modality_problems(folder: str) -> list[str]:
     """A DICOM series must be CT (its Modality tag), the only modality the models have seen."""
-    import pydicom
+    pydicom = require("pydicom", "dicom", "reading DICOM series")
 
     for file in sorted(Path(folder).iterdir()):
         try:

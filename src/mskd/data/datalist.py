@@ -29,6 +29,8 @@ from pathlib import Path
 from monai.data import load_decathlon_datalist, partition_dataset
 from monai.utils import look_up_option
 
+from mskd.extras import require
+
 __all__ = [
     "DATA_FORMATS",
     "LABELLED_SPLITS",
@@ -321,7 +323,7 @@ def kits19_datalist(dataset_dir: str | os.PathLike, split: str = "training") -> 
 
 def _series_uids(folder: Path) -> set[str]:
     """SeriesInstanceUIDs of the DICOM files directly in ``folder`` (empty when it holds none)."""
-    import pydicom
+    pydicom = require("pydicom", "dicom", "reading DICOM series")
 
     uids = set()
     for p in folder.iterdir():

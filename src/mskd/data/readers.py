@@ -31,6 +31,8 @@ from monai.data import ImageReader, PydicomReader
 from monai.data.utils import is_supported_format
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
+from mskd.extras import require
+
 __all__ = ["DicomSeriesReader", "H5VolumeReader", "NpzSliceStackReader"]
 
 # what a corrupt or truncated file raises from numpy's zip reader or from h5py
@@ -190,8 +192,7 @@ class H5VolumeReader(ImageReader):
             ValueError: when more than one file is given, the file is not readable HDF5, it lacks ``key`` (the
                 message lists the datasets it has) or ``key`` is not a 3D dataset.
         """
-        import h5py
-
+        h5py = require("h5py", "h5", "reading Synapse .npy.h5 volumes")
         if len(img.paths) != 1:
             raise ValueError(f"H5VolumeReader reads one volume per file, got {len(img.paths)} files: {img.paths}")
         path = img.paths[0]

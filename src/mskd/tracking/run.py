@@ -41,6 +41,9 @@ class MlflowRun:
         enabled: the bundle's ``mlflow`` switch (``true``/``false``, also as strings from a command line).
         run_id: an existing run to log to (as :meth:`open` would set it); nothing is looked up.
 
+    Attributes:
+        given_run_id: the run's id once :meth:`open` opened it (or as given); ``None`` before, or to follow MONAI.
+
     Raises:
         ValueError: for a bad ``enabled`` value, or a ``tracking_uri`` without ``run_id`` and without
             ``experiment_name`` and ``run_name``.
