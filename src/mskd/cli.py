@@ -420,7 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
         "mskd predict --bundle bundles/mskd_synapse --input CT.nii.gz --output-dir predictions",
     )
     predict.add_argument("--input", required=True, help="a NIfTI file, a folder of them, or DICOM series folder(s)")
-    predict.add_argument("--output-dir", required=True, help="folder for the <name>_seg.nii.gz label maps")
+    predict.add_argument(
+        "--output-dir",
+        required=True,
+        help="folder for the <name>_seg.nii.gz label maps (and <name>_seg.dcm DICOM-SEG for DICOM series)",
+    )
     _add_student_args(predict)
 
     export = command(

@@ -19,7 +19,8 @@ def predict(
     student: str | None = None,
     image_size: int | None = None,
 ) -> list[Path]:
-    """Segment every input volume and write one NIfTI label map per input onto the input's grid.
+    """Segment every input volume and write one NIfTI label map per input onto the input's grid, and for a DICOM
+    series also a DICOM Segmentation that references it (:class:`mskd.data.SaveDicomSegd`).
 
     The bundle stays the single source of truth: this runs its ``configs/inference.json`` with ``input``,
     ``output_dir``, ``ckpt_path``, ``student``, ``student_kwargs`` and ``image_size`` overridden. A checkpoint that
@@ -29,14 +30,17 @@ def predict(
     Args:
         bundle: the bundle folder (e.g. ``bundles/mskd_synapse``).
         input: a NIfTI file, a folder of NIfTI files, a DICOM series folder or a folder of series folders.
-        output: folder for the label maps (``<input name>_seg.nii.gz``); created if needed.
+        output: folder for the label maps (``<input name>_seg.nii.gz``, and ``<series folder name>_seg.dcm`` for a
+            DICOM series); created if needed.
         checkpoint: the student's weights; default the bundle's ``models/model.pt``.
         student: the student's registry name; default the checkpoint's (the bundle's for a plain state dict).
         image_size: the in-plane size the student was trained at; default the checkpoint's (the bundle's for a plain
             state dict, with a warning that it cannot be checked).
 
     Returns:
-        the label maps written, one per input, in input order.
+        the files written, in input order: each input's NIfTI label map, followed for a DICOM series by its
+        DICOM-SEG (unless it was skipped with a warning: a series without FrameOfReferenceUID or without
+        single-frame slices).
 
     Raises:
         FileNotFoundError: when the bundle does not exist.
@@ -62,8 +66,14 @@ def predict(
         if refused is None:
             raise
         raise ValidationError([_as_flag(p) for p in refused.problems]) from None
-    cases = get_datalist(input_format(input), input)
-    return [Path(output) / f"{_stem(case['image'])}_seg.nii.gz" for case in cases]
+    data_format = input_format(input)
+    written = []
+    for case in get_datalist(data_format, input):
+        stem = _stem(case["image"], output)
+        written.append(Path(stem + ".nii.gz"))
+        if data_format == "dicom" and Path(stem + ".dcm").is_file():
+            written.append(Path(stem + ".dcm"))
+    return written
 
 
 def _student_settings(checkpoint: Path, student: str | None, image_size: int | None) -> dict[str, Any]:
@@ -102,10 +112,9 @@ def _as_flag(problem: str) -> str:
     return f"{_FLAGS[key]}: {rest}" if sep and key in _FLAGS else problem
 
 
-def _stem(path: str) -> str:
-    """The name SaveImaged gives a prediction: the input's base name without its NIfTI extension."""
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+def _stem(path: str, output: str | os.PathLike) -> str:
+    """The path, without extension, that SaveImaged and SaveDicomSegd give a prediction in ``output``: the input's
+    base name without its extension (``.nii.gz`` as one; a series folder ``1.2.3`` gives ``1.2``), then ``_seg``."""
+    from monai.data.utils import create_file_basename
+
+    return create_file_basename("seg", path, output, separate_folder=False, makedirs=False)

@@ -71,6 +71,9 @@ def test_teacher_and_distillation_runs_are_tracked(trained):
     assert {"test_transunet_mean_dice", "test_transunet_mean_hd95", "test_mean_hd95"} <= set(test.data.metrics)
     csvs = {"tiny_unet_from_unet-mskd-s0-test_metrics.csv", "tiny_unet_from_unet-mskd-s0-test_metrics_summary.csv"}
     assert csvs <= {a.path for a in client.list_artifacts(test.info.run_id)}
+    # an evaluation logs which run it scores, not this config's default training budget (max_epochs 150)
+    assert test.data.params["trained_run"] == "tiny_unet_from_unet-mskd-s0" and test.data.params["max_epochs"] == "None"
+    assert test.data.params["ckpt_path"] == str(root / "models" / "tiny_unet_from_unet-mskd-s0.pt")
     assert (root / "models" / "model.pt").is_file()
 
 

@@ -1,4 +1,5 @@
-"""Data: datalists for each on-disk format, readers, format-aware loading and the phantom generator."""
+"""Data: datalists for each on-disk format, readers, format-aware loading, writers (NIfTI, DICOM-SEG) and the phantom
+generator."""
 
 from .datalist import (
     DATA_FORMATS,
@@ -18,7 +19,7 @@ from .datalist import (
 from .labels import BTCV_TO_SYNAPSE, HU_WINDOWS, KITS_LABELS, SYNAPSE_LABELS, TASK_LABELS, organ_names
 from .readers import DicomSeriesReader, H5VolumeReader, NpzSliceStackReader
 from .transforms import LabelMapd, LoadCased, cached_dataset, intensity_window
-from .writers import AtomicNibabelWriter
+from .writers import AtomicNibabelWriter, SaveDicomSegd
 
 __all__ = [
     "BTCV_TO_SYNAPSE",
@@ -36,6 +37,7 @@ __all__ = [
     "LabelMapd",
     "LoadCased",
     "NpzSliceStackReader",
+    "SaveDicomSegd",
     "btcv_datalist",
     "cached_dataset",
     "dicom_datalist",
