@@ -341,6 +341,7 @@ def test_every_run_distils_from_the_teacher_runs_checkpoint(tmp_path):
     assert base["teacher_ckpt"] == str(tmp_path / "work" / "models" / "unet-teacher-s0.pt")
     assert (base["output_dir"], base["ckpt_dir"]) == (str(files.output), str(files.models))
     assert base["experiment_name"] == "mskd_tiny" and base["image_size"] == 32 and base["dataset_dir"].endswith("data")
+    assert base["register_model"] is False  # a matrix registers no model
 
 
 def test_read_summary_takes_dice_and_hd95_per_organ(tmp_path):

@@ -126,7 +126,9 @@ def test_training_handlers_are_named_and_follow_the_run(stack):
             assert handlers[target]["run"] == "@mlflow_run" and "_disabled_" not in handlers[target]
         assert parser[f"{key}#mlflow#_disabled_"] == "$not @mlflow_run.enabled"
     train = parser["train#handlers"]
-    assert list(train)[-1] == "checkpoint" and train["checkpoint"]["_target_"] == "mskd.handlers.TrainingCheckpoint"
+    # last of the epoch-end handlers (the registered model acts once, when the training has completed)
+    assert [k for k in train if k != "registered_model"][-1] == "checkpoint"
+    assert train["checkpoint"]["_target_"] == "mskd.handlers.TrainingCheckpoint"
     assert train["checkpoint"]["save_dict"]["best_checkpoint"] == "@validate#handlers#best_model"
     assert parser["validate#handlers#best_model#_target_"] == "mskd.handlers.CheckpointSaver"
     assert list(parser["validate#handlers"].values())[-1]["_target_"] == "mskd.tracking.OverlayHandler"

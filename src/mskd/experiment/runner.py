@@ -71,6 +71,7 @@ def _base_overrides(cfg: Mapping[str, Any], workdir: Workdir, dataset: tuple[Pat
         "experiment_name": f"mskd_{cfg['name']}",
         "teacher": cfg["teacher"]["network"],
         "mlflow": True,
+        "register_model": False,  # a matrix compares methods: its students are not models to register and serve
         # every run keeps its own best-validation checkpoint (<run>.pt); distillation always uses the one teacher
         "teacher_ckpt": str(workdir.checkpoint(teacher_run_name(cfg))),
     }

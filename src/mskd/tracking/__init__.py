@@ -8,6 +8,7 @@ from .metric_bars import MetricBarsHandler
 from .mlflow_handler import MLFlowHandler
 from .model_summary import ModelSummaryHandler
 from .overlays import OverlayHandler
+from .registered_model import RegisteredModelHandler
 from .run import MlflowRun
 from .run_tags import RunTagsHandler, runs_table_view
 from .store import (
@@ -37,6 +38,7 @@ __all__ = [
     "ModelSummaryHandler",
     "OncePerRunHandler",
     "OverlayHandler",
+    "RegisteredModelHandler",
     "RunArtefactHandler",
     "RunTagsHandler",
     "TrackingError",
