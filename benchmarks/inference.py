@@ -10,7 +10,7 @@ throughput at that batch. All networks and both batches are timed side by side i
 (``common.timed_rounds``), so the latency ratios between networks are comparable.
 
 Whole volume: one synthetic CT (``mskd.data.phantom.make_phantom_case``, ``--volume`` voxels, int16 HU, written as
-NIfTI) segmented by the bundle's own ``inference.json`` evaluator (``monai.bundle.ConfigParser``: load, window,
+NIfTI) segmented by the bundle's own ``inference.json`` evaluator (``mskd.bundle.Bundle.parser``: load, window,
 resize to size² slices, ``SliceInferer`` with ``slice_batch`` slices per call, softmax, argmax, inverse resize,
 NIfTI writing) with the network's random weights instead of a checkpoint; and the ``SliceInferer`` call alone on the
 preprocessed volume (the network's share). ``--volume-repeats`` rounds, all networks side by side; the networks are
@@ -28,6 +28,7 @@ import nibabel as nib
 import torch
 from monai.bundle import ConfigParser
 
+from mskd.bundle import INFERENCE, Bundle
 from mskd.data.phantom import make_phantom_case
 from mskd.networks import count_parameters, get_network
 
@@ -41,20 +42,16 @@ def volume_evaluator(
 ) -> tuple[Any, ConfigParser]:
     """The bundle's inference evaluator for ``name`` at ``size`` running ``network`` (no checkpoint, no handlers),
     and the config it was parsed from."""
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
-    parser.update(
-        {
-            "bundle_root": str(BUNDLE),
-            "input": str(input_dir),
-            "output_dir": str(output_dir),
-            "student": name,
-            "image_size": size,
-            "device": torch.device("cpu"),
-            "amp": False,
-            "network": network,
-            "handlers": [],
-        }
+    parser = Bundle(BUNDLE).parser(
+        (INFERENCE,),
+        input=str(input_dir),
+        output_dir=str(output_dir),
+        student=name,
+        image_size=size,
+        device=torch.device("cpu"),
+        amp=False,
+        network=network,
+        handlers=[],
     )
     return parser.get_parsed_content("evaluator"), parser
 

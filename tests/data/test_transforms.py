@@ -134,12 +134,18 @@ def test_bundle_training_pipeline_samples_axial_slices_of_cached_volumes(tmp_pat
 
 def test_bundle_augmentation_is_transunet_style_and_switchable(tmp_path):
     write_synapse_npz(tmp_path / "data", train_cases={"0005": 2}, test_cases={}, size=16)
-    on = _bundle_parser(tmp_path / "data", data_format="synapse_npz", image_size=16).get_parsed_content(
-        "train#augmentation"
-    )
-    assert [type(t).__name__ for t in on] == ["RandRotate90d", "RandFlipd", "RandRotated"]
+
+    def pipeline(**overrides) -> list[str]:
+        parser = _bundle_parser(tmp_path / "data", data_format="synapse_npz", image_size=16, **overrides)
+        return [type(t).__name__ for t in parser.get_parsed_content("train#preprocessing").transforms]
+
+    augmentation = ["RandRotate90d", "RandFlipd", "RandRotated"]
+    assert pipeline()[-3:] == augmentation
     for switch in (False, "false"):  # the command line passes "--augment false" as a string
-        assert _bundle_parser(tmp_path / "data", augment=switch).get_parsed_content("train#augmentation") == []
+        assert not set(augmentation) & set(pipeline(augment=switch))
+    with pytest.raises(RuntimeError) as raised:  # a typo is refused, not read as true
+        pipeline(augment="ture")
+    assert "augment must be true or false, got 'ture'" in str(raised.value.__cause__)
 
 
 def test_label_map_equals_softmax_then_argmax_and_keeps_the_metadata():

@@ -24,7 +24,7 @@ from monai.utils import look_up_option, optional_import
 
 from mskd.tracking.artefacts import RunArtefactHandler
 from mskd.tracking.run import MlflowRun
-from mskd.tracking.store import _first_line
+from mskd.tracking.store import error_line
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -374,7 +374,7 @@ class RegisteredModelHandler(RunArtefactHandler):
         except Exception as e:  # torch.export or pickling: the network, not the store
             warnings.warn(
                 f"could not save {metadata['network']} from {self.ckpt_path} as an MLflow model "
-                f"({type(e).__name__}: {_first_line(e)}); nothing registered (the checkpoint is unaffected); try "
+                f"({type(e).__name__}: {error_line(e)}); nothing registered (the checkpoint is unaffected); try "
                 "serialization_format 'pickle', or register_model false",
                 stacklevel=2,
             )

@@ -37,6 +37,7 @@ __all__ = [
     "TrackingError",
     "check_tracking_uri",
     "close_stale_runs",
+    "error_line",
     "log_or_skip",
     "open_run",
     "run_name",
@@ -61,7 +62,7 @@ class TrackingError(RuntimeError):
     """The MLflow tracking store cannot be used (unreachable, invalid URI, deleted experiment)."""
 
 
-def _first_line(error: BaseException) -> str:
+def error_line(error: BaseException) -> str:
     """An error's first non-empty line, at most 240 characters (SQLAlchemy's go on with the SQL and a link)."""
     line = next((line for line in str(error).splitlines() if line.strip()), "")
     return " ".join(line.split())[:240] or type(error).__name__
@@ -211,7 +212,7 @@ def check_tracking_uri(uri: str, timeout: float = CHECK_TIMEOUT_S) -> Any:
             client = MlflowClient(tracking_uri=uri)
             client.search_experiments(max_results=1)
     except Exception as e:  # MlflowException, SQLAlchemy and URI-scheme errors alike
-        raise TrackingError(f"MLflow tracking store {uri!r} is unreachable or invalid ({_first_line(e)}); {fix}") from e
+        raise TrackingError(f"MLflow tracking store {uri!r} is unreachable or invalid ({error_line(e)}); {fix}") from e
     return client
 
 
@@ -313,7 +314,7 @@ def _end_run(uri: str, run_id: str, status: str, only_if_running: bool = False) 
                 client.set_terminated(run_id, status=status)
     except Exception as e:  # whatever the store raises, the failure being handled goes on
         warnings.warn(
-            f"could not mark MLflow run {run_id} {status} in {uri!r} ({_first_line(e)}); it stays RUNNING until it is "
+            f"could not mark MLflow run {run_id} {status} in {uri!r} ({error_line(e)}); it stays RUNNING until it is "
             "resumed or a later run of its name marks it FAILED",
             stacklevel=2,
         )
@@ -429,7 +430,7 @@ def log_or_skip(call: Callable[[], _T], store: str, run: str | None) -> _T | Non
         _WARNED.add(key)
         warnings.warn(
             f"MLflow store {store!r} refused a log call of run {run} {attempts} times in "
-            f"{time.monotonic() - started:.1f} s ({_first_line(error)}); skipping it, and any later one it refuses, "
+            f"{time.monotonic() - started:.1f} s ({error_line(error)}); skipping it, and any later one it refuses, "
             "while the training goes on",
             stacklevel=2,
         )
