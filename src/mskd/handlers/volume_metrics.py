@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from monai.utils import optional_import
 
+from mskd.handlers.events import attach_once
 from mskd.metrics import case_metrics, format_summary, summarise, write_case_csv, write_summary_csv
 
 Events, _ = optional_import("ignite.engine", name="Events")
@@ -118,13 +119,12 @@ class VolumeMetricsHandler:
 
     def attach(self, engine: Engine) -> None:
         """Register the handler's three steps on ``engine`` (once)."""
-        for event, fn in (
+        attach_once(
+            engine,
             (Events.EPOCH_STARTED, self.reset),
             (Events.ITERATION_COMPLETED, self.iteration_completed),
             (Events.EPOCH_COMPLETED, self.epoch_completed),
-        ):
-            if not engine.has_event_handler(fn, event):
-                engine.add_event_handler(event, fn)
+        )
 
     def reset(self, engine: Engine | None = None) -> None:
         """Forget the cases of the previous epoch."""

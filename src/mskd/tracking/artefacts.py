@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
+from mskd.handlers.events import attach_once
 from mskd.tracking.run import MlflowRun
 
 __all__ = ["OncePerRunHandler", "RunArtefactHandler"]
@@ -29,10 +30,8 @@ class RunArtefactHandler:
         """Register the handler's steps on ``engine`` (each once)."""
         from ignite.engine import Events
 
-        for event_name, method in {"STARTED": "started", **self.EVENTS}.items():
-            fn, event = getattr(self, method), getattr(Events, event_name)
-            if not engine.has_event_handler(fn, event):
-                engine.add_event_handler(event, fn)
+        steps = {"STARTED": "started", **self.EVENTS}.items()
+        attach_once(engine, *((getattr(Events, event), getattr(self, method)) for event, method in steps))
 
     def started(self, engine: Any = None) -> None:
         """Look the run up again (a new engine run may log to a new MLflow run)."""

@@ -14,6 +14,7 @@ import torch
 from monai.utils import optional_import
 
 from mskd.data.labels import HU_WINDOWS
+from mskd.handlers.events import attach_once
 from mskd.plotting import add_legend, default_colours, draw_overlay, ras_slice, save_figure
 from mskd.tracking.run import MlflowRun
 
@@ -246,13 +247,12 @@ class OverlayHandler:
 
     def attach(self, engine: Engine) -> None:
         """Register the handler's three steps on ``engine`` (once)."""
-        for event, fn in (
+        attach_once(
+            engine,
             (Events.EPOCH_STARTED, self.reset),
             (Events.ITERATION_COMPLETED, self.iteration_completed),
             (Events.EPOCH_COMPLETED, self.epoch_completed),
-        ):
-            if not engine.has_event_handler(fn, event):
-                engine.add_event_handler(event, fn)
+        )
 
     def reset(self, engine: Engine | None = None) -> None:
         """Forget the slices of the previous validation (the slice choice is kept) and look the run up again."""
