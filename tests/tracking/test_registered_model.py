@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -29,6 +25,7 @@ from mskd.networks import checkpoint_metadata, get_network, save_weights
 from mskd.tracking import MlflowRun, RegisteredModelHandler
 from mskd.tracking.registered_model import _fluent_tracking_uri, model_input_example, model_metadata
 from tests.bundles.runner import BUNDLES, CPU_NETWORKS, TINY, mlflow_runs, output_dirs, run_bundle
+from tools.dashboard import free_port, serve, wait_until_up
 
 ORGANS = ["spleen", "liver", "aorta"]
 SIZE = 32
@@ -360,12 +357,6 @@ def test_a_bundle_distillation_registers_its_student(tmp_path):
     assert model.predict(model_input_example(32)).shape == (1, 9, 32, 32)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, inputs: np.ndarray) -> np.ndarray:
     request = urllib.request.Request(
         url, data=json.dumps({"inputs": inputs.tolist()}).encode(), headers={"Content-Type": "application/json"}
@@ -380,21 +371,12 @@ def test_mlflow_serves_the_registered_version(checkpoint, run, tmp_path):
     checkpoint's logits, and refuses two."""
     path, network = checkpoint
     RegisteredModelHandler(path, run).register()
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": run.tracking_uri}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # uvicorn beside mlflow
     cmd = ["mlflow", "models", "serve", "-m", "models:/mskd_synapse/1", "--env-manager", "local", "--port", str(port)]
-    with open(tmp_path / "serve.log", "wb") as log:
-        server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).close()
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-                time.sleep(0.5)
+    with serve(cmd, tmp_path / "serve.log", env=env) as server:  # the server and its worker are stopped after
+        wait_until_up(f"http://127.0.0.1:{port}", server, tmp_path / "serve.log")
         x = torch.rand(1, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
         with torch.no_grad():
             expected = network(x).numpy()
@@ -402,6 +384,3 @@ def test_mlflow_serves_the_registered_version(checkpoint, run, tmp_path):
         np.testing.assert_allclose(_post(url, x.numpy()), expected, rtol=0, atol=1e-6)
         with pytest.raises(urllib.error.HTTPError, match="400"):  # the pt2 graph takes one slice
             _post(url, np.concatenate([x.numpy()] * 2))
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn worker
-        server.wait(timeout=30)

@@ -112,13 +112,6 @@ def test_open_run_logs_to_a_new_run_when_the_checkpointed_one_is_elsewhere(tmp_p
     assert run_id != other and MlflowClient(tracking_uri=uri).get_run(run_id).info.status == "RUNNING"
 
 
-def test_open_run_with_tracking_off_contacts_nothing(tmp_path):
-    assert open_run("http://127.0.0.1:9", "e", "r", enabled=False) is None
-    assert open_run("http://127.0.0.1:9", "e", "r", enabled="false") is None
-    with pytest.raises(ValueError, match="mlflow must be true or false, got 'maybe'"):
-        open_run("http://127.0.0.1:9", "e", "r", enabled="maybe")
-
-
 @pytest.mark.parametrize(
     "uri, reason",
     [

@@ -236,9 +236,9 @@ def open_run(
     experiment_name: str,
     run_name: str,
     resume_from: str | os.PathLike | None = None,
-    enabled: Any = True,
-) -> str | None:
-    """Check the store and open the MLflow run a training logs to; returns its id (``None`` with tracking off).
+) -> str:
+    """Check the store and open the MLflow run a training logs to; returns its id (the bundle's switch is
+    :class:`mskd.tracking.MlflowRun`'s: with tracking off this is never called).
 
     With a resume checkpoint holding a run id, that run is reopened (set ``RUNNING``) and continued; otherwise a new
     run named ``run_name`` is created. Pass the id to every :class:`mskd.tracking.MLFlowHandler` of the workflow, to
@@ -253,20 +253,15 @@ def open_run(
         experiment_name: the experiment (created if missing).
         run_name: name of a new run.
         resume_from: the resume checkpoint (:func:`mskd.engines.resume_checkpoint`), or ``None``.
-        enabled: the bundle's ``mlflow`` switch (``true``/``false``); off returns ``None`` and contacts nothing.
 
     Returns:
-        the run id, or ``None`` when tracking is off.
+        the run id.
 
     Raises:
         SystemExit: when the store is unreachable or invalid, or the experiment is deleted.
-        ValueError: for a bad ``enabled`` value.
     """
     from mskd.engines.checkpointing import checkpoint_run_id
-    from mskd.flags import as_flag
 
-    if not as_flag(enabled, "mlflow"):
-        return None
     try:
         client = check_tracking_uri(uri)
         experiment_id = _experiment_id(client, uri, experiment_name)
