@@ -18,7 +18,9 @@ from mskd.metrics import (
     format_columns,
     format_mean_std,
     format_summary,
+    gap_closed,
     hd95_medpy,
+    mean_std,
     summarise,
     write_case_csv,
     write_summary_csv,
@@ -323,6 +325,35 @@ def test_summarise_hand_computed():
 )
 def test_format_mean_std(mean, std, kwargs, expected):
     assert format_mean_std(mean, std, **kwargs) == expected
+
+
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        ([0.5, 0.3], (0.4, math.sqrt(0.02))),  # sample std (n - 1)
+        ([0.5, math.nan, 0.3], (0.4, math.sqrt(0.02))),  # an undefined value is left out
+        ([0.7], (0.7, math.nan)),  # one value: no spread
+        ([], (math.nan, math.nan)),
+    ],
+)
+def test_mean_std(values, expected):
+    mean, std = mean_std(values)
+    assert mean == pytest.approx(expected[0], nan_ok=True) and std == pytest.approx(expected[1], nan_ok=True)
+
+
+@pytest.mark.parametrize(
+    "distilled, alone, teacher, expected",
+    [
+        (0.70, 0.60, 0.80, 0.5),
+        (0.80, 0.60, 0.80, 1.0),
+        (0.55, 0.60, 0.80, -0.25),  # worse than the student alone
+        (0.70, 0.80, 0.80, math.nan),  # no gap to close
+        (0.70, 0.85, 0.80, math.nan),  # the student alone beats the teacher
+        (math.nan, 0.60, 0.80, math.nan),
+    ],
+)
+def test_gap_closed(distilled, alone, teacher, expected):
+    assert gap_closed(distilled, alone, teacher) == pytest.approx(expected, nan_ok=True)
 
 
 @pytest.mark.parametrize(

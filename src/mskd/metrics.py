@@ -64,7 +64,9 @@ __all__ = [
     "format_columns",
     "format_mean_std",
     "format_summary",
+    "gap_closed",
     "hd95_medpy",
+    "mean_std",
     "summarise",
     "write_case_csv",
     "write_summary_csv",
@@ -399,6 +401,35 @@ def write_case_csv(
 def write_summary_csv(path: str | os.PathLike, summary: Sequence[Mapping[str, object]]) -> str:
     """Write :func:`summarise`'s rows (columns :data:`SUMMARY_CSV_COLUMNS`) atomically; returns ``path``."""
     return _write_csv_atomic(path, SUMMARY_CSV_COLUMNS, summary)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation of the defined (non-NaN) ``values``.
+
+    Returns:
+        ``(mean, std)``; ``std`` is NaN below two defined values, both are NaN without any.
+    """
+    defined = [float(v) for v in values if not math.isnan(float(v))]
+    if not defined:
+        return math.nan, math.nan
+    mean = sum(defined) / len(defined)
+    if len(defined) < 2:
+        return mean, math.nan
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in defined) / (len(defined) - 1))
+
+
+def gap_closed(distilled: float, alone: float, teacher: float) -> float:
+    """``(distilled − alone) ÷ (teacher − alone)``: the share of the teacher–student gap a distilled student closes.
+
+    Example: ``gap_closed(0.70, 0.60, 0.80) == 0.5``; below the student alone it is negative.
+
+    Returns:
+        the share; NaN when a value is undefined or the student alone is not below the teacher (no gap to close).
+    """
+    gap = teacher - alone
+    if math.isnan(gap) or math.isnan(distilled) or gap <= 0:
+        return math.nan
+    return (distilled - alone) / gap
 
 
 def format_mean_std(mean: float, std: float, scale: float = 1.0, digits: int = 1, missing: str = "–") -> str:

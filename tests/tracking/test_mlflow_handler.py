@@ -59,6 +59,28 @@ def test_a_resumed_run_is_not_logged_twice_at_a_step_nor_its_params_changed(stor
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
+def test_epoch_means_cover_the_iterations_the_logging_interval_skips(store):
+    from mskd.engines import every
+
+    uri, client = store
+    run_id = open_run(uri, "e", "r")
+    engine = _engine([1.0, 2.0, 3.0, 6.0, 10.0, 20.0])
+    _handler(uri, run_id, iteration_log=every(10)).attach(engine)  # too short for the interval: no iteration logged
+    engine.run(range(3), max_epochs=2)
+    assert "loss" not in client.get_run(run_id).data.metrics
+    history = client.get_metric_history(run_id, "epoch_mean_loss")
+    assert sorted((m.step, m.value) for m in history) == [(3, 2.0), (6, 12.0)]  # at each epoch's last iteration
+
+
+def test_no_epoch_means_without_iteration_logging(store):
+    uri, client = store
+    run_id = open_run(uri, "e", "r")
+    engine = _engine([1.0, 2.0])
+    _handler(uri, run_id, iteration_log=False).attach(engine)
+    engine.run(range(2), max_epochs=1)
+    assert client.get_run(run_id).data.metrics == {}
+
+
 def test_without_run_id_it_is_monai_handler(store):
     uri, client = store
     engine = _engine([1.0])
@@ -66,4 +88,4 @@ def test_without_run_id_it_is_monai_handler(store):
     handler.attach(engine)
     engine.run(range(1), max_epochs=1)
     [run] = client.search_runs([client.get_experiment_by_name("e").experiment_id])
-    assert run.info.run_name == "r" and run.data.metrics == {"loss": 1.0}
+    assert run.info.run_name == "r" and run.data.metrics == {"loss": 1.0, "epoch_mean_loss": 1.0}

@@ -55,3 +55,24 @@ def test_runs_table_view(kwargs, expected):
 def test_bad_tags(tags, match):
     with pytest.raises(ValueError, match=match):
         RunTagsHandler(tags, MlflowRun("sqlite:///x.db", "e", "r"))
+
+
+def test_an_evaluation_is_nested_under_the_newest_run_of_its_trained_model(mlflow_uri):
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    experiment_id = client.create_experiment("nest")
+    older = client.create_run(experiment_id, run_name="espnet-baseline-s0", start_time=1000).info.run_id
+    newer = client.create_run(experiment_id, run_name="espnet-baseline-s0", start_time=2000).info.run_id
+    test = client.create_run(experiment_id, run_name="espnet-baseline-s0-test", start_time=3000).info.run_id
+    run = MlflowRun(mlflow_uri, "nest", "espnet-baseline-s0-test", run_id=test)
+    RunTagsHandler({"role": "student"}, run, parent_run_name="espnet-baseline-s0").log_once()
+    tags = client.get_run(test).data.tags
+    assert tags["mlflow.parentRunId"] == newer != older and tags["role"] == "student"
+
+
+def test_a_model_trained_elsewhere_leaves_the_evaluation_unnested(mlflow_uri):
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    experiment_id = client.create_experiment("nest")
+    test = client.create_run(experiment_id, run_name="m-test").info.run_id
+    run = MlflowRun(mlflow_uri, "nest", "m-test", run_id=test)
+    RunTagsHandler({"role": "student"}, run, parent_run_name="m").log_once()
+    assert "mlflow.parentRunId" not in client.get_run(test).data.tags

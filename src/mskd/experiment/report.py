@@ -28,16 +28,6 @@ __all__ = [
 ]
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return math.nan, math.nan
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, math.nan
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
 def learning_speed(rows: Sequence[Mapping[str, Any]], reference: str | None, short_epochs: int | None) -> list[dict]:
     """Add each run's speed of learning, read from its validation curve, to copies of ``rows``.
 
@@ -54,6 +44,8 @@ def learning_speed(rows: Sequence[Mapping[str, Any]], reference: str | None, sho
     Returns:
         the rows with ``val_dice_short`` and ``steps_to_target`` added.
     """
+    from mskd.metrics import mean_std  # it loads torch and SciPy: not when the package is imported
+
     curves = [json.loads(r["val_curve"]) if r.get("val_curve") else [] for r in rows]
     converged: dict[str, list[float]] = {}
     for r in rows:
@@ -63,7 +55,7 @@ def learning_speed(rows: Sequence[Mapping[str, Any]], reference: str | None, sho
     for r, curve in zip(rows, curves, strict=True):
         steps = int(r["steps_per_epoch"]) if r.get("steps_per_epoch") not in (None, "") else None
         short = [dice for epoch, dice in curve if short_epochs is not None and epoch <= short_epochs]
-        target = 0.9 * _mean_std(converged.get(r["student"], []))[0]
+        target = 0.9 * mean_std(converged.get(r["student"], []))[0]
         reached = [epoch for epoch, dice in curve if dice >= target]
         out.append(
             {
@@ -90,6 +82,8 @@ def summarise_results(rows: Sequence[Mapping[str, Any]], organs: Sequence[str]) 
         ``val_dice_short``, ``steps_to_target`` where the rows have them, see :func:`learning_speed`), ``m`` and
         ``m_std`` (over the seeds with a value); ``steps_to_target_reached`` counts the seeds that reached the target.
     """
+    from mskd.metrics import mean_std
+
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for r in rows:
         if r.get("selected", True) in (False, "False", "false", 0):
@@ -101,7 +95,7 @@ def summarise_results(rows: Sequence[Mapping[str, Any]], organs: Sequence[str]) 
     for (student, method), members in groups.items():
         summary: dict[str, Any] = {"student": student, "method": method, "seeds": len(members)}
         for c in columns:
-            summary[c], summary[f"{c}_std"] = _mean_std([float(m.get(c, math.nan)) for m in members])
+            summary[c], summary[f"{c}_std"] = mean_std([float(m.get(c, math.nan)) for m in members])
         if "steps_to_target" in columns:
             summary["steps_to_target_reached"] = sum(not math.isnan(float(m["steps_to_target"])) for m in members)
         out.append(summary)
@@ -122,15 +116,17 @@ def _steps(summary: Mapping[str, Any]) -> str:
 
 
 def _gap_closed(summary: Sequence[Mapping[str, Any]], teacher: Mapping[str, Any] | None, reference: str | None):
-    """(method − reference) ÷ (teacher − reference) of mean Dice, per (student, method); reference = no-KD row."""
+    """:func:`mskd.metrics.gap_closed` of the mean Dice per (student, method); reference = the no-KD row."""
+    from mskd.metrics import gap_closed
+
     if teacher is None or reference is None:
         return {}
     base = {s["student"]: s["dice_mean"] for s in summary if s["method"] == reference}
     out = {}
     for s in summary:
-        gap = teacher["dice_mean"] - base.get(s["student"], math.nan)
-        if s["method"] not in ("teacher", reference) and gap > 0:
-            out[(s["student"], s["method"])] = (s["dice_mean"] - base[s["student"]]) / gap
+        closed = gap_closed(s["dice_mean"], base.get(s["student"], math.nan), teacher["dice_mean"])
+        if s["method"] not in ("teacher", reference) and not math.isnan(closed):
+            out[(s["student"], s["method"])] = closed
     return out
 
 

@@ -116,11 +116,13 @@ def _validation_curve(client: Any, experiment_id: str, name: str) -> tuple[list[
     return sorted([m.step, m.value] for m in history), None if steps is None else int(steps)
 
 
-def _adopt(client: Any, experiment_id: str, names: Sequence[str], parent: str, tags: Mapping[str, str]) -> None:
-    """Nest the MLflow runs called ``names`` under the experiment's parent run and tag them."""
-    for name in names:
-        for r in client.search_runs([experiment_id], filter_string=f"attributes.run_name = '{name}'"):
-            client.set_tag(r.info.run_id, "mlflow.parentRunId", parent)
+def _adopt(client: Any, experiment_id: str, name: str, parent: str, tags: Mapping[str, str]) -> None:
+    """Nest the training run ``name`` under the experiment's parent run, and its test runs (already nested under it
+    by the bundle, see :class:`mskd.tracking.RunTagsHandler`) too where they are not; tag them all."""
+    for run_name, nest in ((name, True), (evaluation_run_name(name), False)):
+        for r in client.search_runs([experiment_id], filter_string=f"attributes.run_name = '{run_name}'"):
+            if nest or "mlflow.parentRunId" not in r.data.tags:
+                client.set_tag(r.info.run_id, "mlflow.parentRunId", parent)
             for key, value in tags.items():
                 client.set_tag(r.info.run_id, key, value)
 
@@ -165,7 +167,7 @@ class _Matrix:
         _bundle(self.cfg, run, (*run.stack, "evaluate.json"), config, log, threads)
         t2 = time.perf_counter()
         tags = {"experiment": self.cfg["name"], "row": run.label}
-        _adopt(self.client, self.experiment_id, [run.name, evaluation_run_name(run.name)], self.parent, tags)
+        _adopt(self.client, self.experiment_id, run.name, self.parent, tags)
         curve, steps_per_epoch = _validation_curve(self.client, self.experiment_id, run.name)
         row = {
             "run": run.name,

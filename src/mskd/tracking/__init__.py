@@ -1,8 +1,10 @@
 """MLflow: the store and the run of a workflow (:class:`MlflowRun`, the one object a bundle's tracking handlers
 take), MONAI's ``MLFlowHandler`` bound to that run, and the handlers that add the dashboard's artefacts to it: tags,
-model summary, learning curves, overlays and per-organ metric bars."""
+model summary, learning curves, overlays, per-organ metric bars, and the teacher / student alone / distilled
+comparison."""
 
 from .artefacts import OncePerRunHandler, RunArtefactHandler
+from .comparison import ComparisonHandler
 from .learning_curves import LearningCurvesHandler
 from .metric_bars import MetricBarsHandler
 from .mlflow_handler import MLFlowHandler
@@ -29,6 +31,7 @@ from .store import (
 
 __all__ = [
     "CHECK_TIMEOUT_S",
+    "ComparisonHandler",
     "LOG_ATTEMPTS",
     "LOG_BACKOFF_S",
     "LearningCurvesHandler",

@@ -1,4 +1,5 @@
-"""Learning curves read back from the MLflow run: every loss term per iteration, validation Dice per epoch."""
+"""Learning curves read back from the MLflow run: every loss term per iteration (and its epoch means), validation
+Dice per epoch."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from monai.utils import optional_import
 
 from mskd.plotting import default_colours, save_figure
 from mskd.tracking.artefacts import RunArtefactHandler
+from mskd.tracking.mlflow_handler import EPOCH_MEAN_PREFIX
 from mskd.tracking.run import MlflowRun
 
 Events, _ = optional_import("ignite.engine", name="Events")
@@ -36,13 +38,15 @@ def learning_curves_figure(
 ) -> Figure:
     """Two panels: the loss terms against the iteration, the validation metrics against the epoch.
 
-    The total ``loss`` is drawn thick and grey-black under the terms (thin); the scale is logarithmic when every
-    value is positive and they span more than a factor 20, as terms can differ by orders of magnitude. On the right,
+    The total ``loss`` is drawn thick and grey-black under the terms (thin); the epoch means of a term
+    (``epoch_mean_<term>``, at each epoch's last iteration) are dots joined by a dashed line in the term's colour, so a
+    run too short for the logging interval still has curves. The scale is logarithmic when every value is positive
+    and they span more than a factor 20, as terms can differ by orders of magnitude. On the right,
     ``main_metric`` is drawn thick and black with its best epoch marked, the per-organ metrics
     ``<class_prefix><organ>`` thin in the organ colours of :data:`~mskd.plotting.LABEL_COLOURS`.
 
     Args:
-        losses: metric name -> ``(iteration, value)`` pairs.
+        losses: metric name -> ``(iteration, value)`` pairs: the terms and their ``epoch_mean_`` means.
         validation: metric name -> ``(epoch, value)`` pairs.
         main_metric: the validation metric drawn thick.
         class_prefix: prefix of the per-organ validation metrics.
@@ -56,10 +60,17 @@ def learning_curves_figure(
     from matplotlib.ticker import MaxNLocator
 
     values = [v for history in losses.values() for _, v in history]
-    for name in sorted(losses, key=lambda n: (n != "loss", n)):  # the total first, thick, under the terms
-        steps, vals = zip(*losses[name], strict=True) if losses[name] else ((), ())
-        style = {"color": "black", "linewidth": 2.6, "alpha": 0.55} if name == "loss" else {"linewidth": 1.0}
-        ax_loss.plot(steps, vals, label=name, **style)
+    terms = sorted({n.removeprefix(EPOCH_MEAN_PREFIX) for n in losses}, key=lambda n: (n != "loss", n))
+    for term in terms:  # the total first, thick, under the terms
+        colour = "black" if term == "loss" else None
+        if losses.get(term):
+            steps, vals = zip(*losses[term], strict=True)
+            width = 2.6 if term == "loss" else 1.0
+            (line,) = ax_loss.plot(steps, vals, label=term, color=colour, linewidth=width, alpha=0.55 if colour else 1)
+            colour = line.get_color()
+        if losses.get(EPOCH_MEAN_PREFIX + term):
+            steps, vals = zip(*losses[EPOCH_MEAN_PREFIX + term], strict=True)
+            ax_loss.plot(steps, vals, "o--", color=colour, linewidth=0.9, markersize=3.5, label=f"{term} (epoch mean)")
     if values and min(values) > 0 and max(values) > 20 * min(values):
         ax_loss.set_yscale("log")
     ax_loss.set_xlabel("iteration")
@@ -112,7 +123,8 @@ class LearningCurvesHandler(RunArtefactHandler):
     """At the trainer's ``COMPLETED``, plot the run's logged metric histories into ``learning_curves.png`` and log it.
 
     The curves are read back from the MLflow run (``MlflowClient.get_metric_history``), so they show what MLflow
-    recorded, at the logging interval: every metric named ``loss`` or ``loss_<term>`` against the iteration, and
+    recorded, at the logging interval: every metric named ``loss`` or ``loss_<term>`` (and their epoch means,
+    ``epoch_mean_loss...``, see :class:`mskd.tracking.MLFlowHandler`) against the iteration, and
     ``val_metric`` with the per-organ ``<val_class_prefix><organ>`` metrics against the epoch.
 
     Args:
@@ -145,7 +157,7 @@ class LearningCurvesHandler(RunArtefactHandler):
         super().__init__(run)
         self.output_dir = Path(output_dir)
         self.class_names = [str(n) for n in class_names]
-        self.loss_pattern = re.compile(rf"^{re.escape(loss_prefix)}(_\w+)?$")
+        self.loss_pattern = re.compile(rf"^({re.escape(EPOCH_MEAN_PREFIX)})?{re.escape(loss_prefix)}(_\w+)?$")
         self.val_metric = val_metric
         self.val_class_prefix = val_class_prefix
         self.artifact_path = artifact_path

@@ -1,9 +1,11 @@
-"""MONAI's ``MLFlowHandler`` bound to one MLflow run, so that a resumed training logs to the run it started, and
-never stopped by a store that refuses a call."""
+"""MONAI's ``MLFlowHandler`` bound to one MLflow run, so that a resumed training logs to the run it started, never
+stopped by a store that refuses a call, and logging the epoch means of the loss terms."""
 
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -11,13 +13,17 @@ from typing import TYPE_CHECKING, Any
 from monai.handlers import MLFlowHandler as MonaiMLFlowHandler
 from monai.utils import flatten_dict
 
+from mskd.handlers.events import attach_once
 from mskd.tracking.run import MlflowRun
 from mskd.tracking.store import log_or_skip
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["MLFlowHandler"]
+__all__ = ["EPOCH_MEAN_PREFIX", "MLFlowHandler"]
+
+EPOCH_MEAN_PREFIX = "epoch_mean_"
+"""Prefix of the epoch means of the iteration values (``epoch_mean_loss``, ``epoch_mean_loss_kd``, ...)."""
 
 
 class MLFlowHandler(MonaiMLFlowHandler):
@@ -32,6 +38,12 @@ class MLFlowHandler(MonaiMLFlowHandler):
     process may have logged a few iterations past its last checkpoint: the resumed run recomputes them, identically,
     and they are kept once), and a param already logged is not logged again (MLflow refuses to change one; a changed
     value is reported with a warning and the first one kept).
+
+    With ``iteration_log`` on (every iteration, or every few through an event filter), the values of
+    ``output_transform`` (the loss terms) are also averaged over every iteration of each epoch and logged at the epoch's
+    end as ``epoch_mean_<name>``, at the step of the epoch's last iteration: a short run logged every 10 iterations
+    still gets a curve, and the mean covers the iterations the filter skips. (A resumed epoch's mean covers the
+    iterations run by this process.)
 
     Every call to the store (binding the run, params, metrics, artifacts, closing the run) goes through
     :func:`mskd.tracking.log_or_skip`: a store that is locked, busy or unreachable gets a few tries, then the call is
@@ -59,6 +71,41 @@ class MLFlowHandler(MonaiMLFlowHandler):
         self.run = run
         self._logged_steps: dict[str, int] = {}
         self._logged_params: dict[str, str] = {}
+        self._epoch_sums: dict[str, list[float]] = {}
+
+    def attach(self, engine: Engine) -> None:
+        """MONAI's steps, and the epoch means of the iteration values when they are logged."""
+        from ignite.engine import Events
+
+        super().attach(engine)
+        if self.iteration_log:
+            attach_once(
+                engine,
+                (Events.EPOCH_STARTED, self._start_epoch_means),
+                (Events.ITERATION_COMPLETED, self._add_to_epoch_means),
+                (Events.EPOCH_COMPLETED, self._log_epoch_means),
+            )
+
+    def _start_epoch_means(self, engine: Engine) -> None:
+        self._epoch_sums = {}
+
+    def _add_to_epoch_means(self, engine: Engine) -> None:
+        values = self.output_transform(engine.state.output)
+        if values is None:
+            return
+        if not isinstance(values, dict):
+            values = {self.tag_name: values}
+        for key, value in values.items():
+            value = value.item() if hasattr(value, "item") and getattr(value, "numel", lambda: 1)() == 1 else value
+            if isinstance(value, numbers.Real) and math.isfinite(value):
+                total = self._epoch_sums.setdefault(key, [0.0, 0])
+                total[0] += float(value)
+                total[1] += 1
+
+    def _log_epoch_means(self, engine: Engine) -> None:
+        means = {f"{EPOCH_MEAN_PREFIX}{key}": total / count for key, (total, count) in self._epoch_sums.items()}
+        if means:
+            self._log_metrics(means, step=engine.state.iteration)
 
     @property
     def run_id(self) -> str | None:

@@ -58,6 +58,10 @@ class RunTagsHandler(OncePerRunHandler):
         run: the workflow's MLflow run (the bundle's ``@mlflow_run``).
         experiment_tags: tags set on the run's experiment at the same time, e.g.
             ``{"mlflow.sharedViewState.mskd": runs_table_view(...)}`` (:func:`runs_table_view`).
+        parent_run_name: the run this one belongs to, e.g. the training run of a test evaluation: the newest other
+            run of that name in the experiment becomes its parent (``mlflow.parentRunId``), so the MLflow UI nests
+            the evaluations under the model they evaluate; none of that name (a model trained elsewhere) leaves the
+            run unnested.
 
     Raises:
         ValueError: when ``tags`` is empty or a tag name is empty.
@@ -68,6 +72,7 @@ class RunTagsHandler(OncePerRunHandler):
         tags: Mapping[str, Any],
         run: MlflowRun,
         experiment_tags: Mapping[str, Any] | None = None,
+        parent_run_name: str | None = None,
     ) -> None:
         if not tags:
             raise ValueError("tags must hold at least one name -> value")
@@ -77,12 +82,24 @@ class RunTagsHandler(OncePerRunHandler):
         super().__init__(run)
         self.tags = dict(tags)
         self.experiment_tags = dict(experiment_tags or {})
+        self.parent_run_name = parent_run_name
 
     def log_once(self) -> None:
-        """Set the run's tags and the experiment's tags."""
-        self.mlflow.set_tags(self.tags)
+        """Set the run's tags (its parent's id among them) and the experiment's tags."""
+        parent = self.mlflow.read(self._parent_run_id, default=None) if self.parent_run_name else None
+        self.mlflow.set_tags({**self.tags, "mlflow.parentRunId": parent})
         if self.experiment_tags:
             self.mlflow.read(self._set_experiment_tags, default=None)
+
+    def _parent_run_id(self) -> str | None:
+        client = self.mlflow.client
+        run_id = self.mlflow.run_id()
+        experiment_id = client.get_run(run_id).info.experiment_id
+        name = str(self.parent_run_name).replace("'", "\\'")
+        found = client.search_runs(
+            [experiment_id], filter_string=f"attributes.run_name = '{name}'", order_by=["attributes.start_time DESC"]
+        )
+        return next((r.info.run_id for r in found if r.info.run_id != run_id), None)
 
     def _set_experiment_tags(self) -> None:
         client = self.mlflow.client
