@@ -14,14 +14,16 @@ def random_inputs(
     size_s: int = 4,
     size_t: int = 8,
     size: int = 8,
+    depths: tuple[int, int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(student, teacher, target, teacher_logits)``: features ``B, C_s, size_s^2`` and ``B, C_t, size_t^2``,
     labels ``B, 1, size^2`` in ``0..classes-1`` and teacher logits ``B, classes, size^2`` (call ``manual_seed``
-    first)."""
-    student = torch.randn(batch, c_s, size_s, size_s)
-    teacher = torch.randn(batch, c_t, size_t, size_t)
-    target = torch.randint(0, classes, (batch, 1, size, size))
-    teacher_logits = torch.randn(batch, classes, size, size)
+    first). With ``depths = (d_s, d_t, d)`` they are volumes: ``B, C_s, d_s, size_s, size_s`` and so on."""
+    d_s, d_t, d = ((), (), ()) if depths is None else ((depths[0],), (depths[1],), (depths[2],))
+    student = torch.randn(batch, c_s, *d_s, size_s, size_s)
+    teacher = torch.randn(batch, c_t, *d_t, size_t, size_t)
+    target = torch.randint(0, classes, (batch, 1, *d, size, size))
+    teacher_logits = torch.randn(batch, classes, *d, size, size)
     return student, teacher, target, teacher_logits
 
 

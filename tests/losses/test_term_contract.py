@@ -5,6 +5,8 @@ background-only sample and all-zero student features; classes absent from every 
 with ``K = 14`` equals the value with ``K = 3``, so absent classes are masked, not looped over); a sample with
 nothing to distil (a background-only slice for FFD, RGD and RAD) scores 0 and is left out of the batch mean, a batch
 without such a sample gives 0, not NaN; labels larger than the feature maps (area fractions) keep every class.
+Every check runs on images (``B, C, H, W``, "2d") and on volumes (``B, C, D, H, W``, "3d", with depths that differ
+from the heights and widths, so that an axis mix-up shows).
 """
 
 from __future__ import annotations
@@ -71,19 +73,25 @@ FEATURE_TERMS = [t for t in TERMS if t[2] != "logits"]
 SKIP_BACKGROUND_ONLY = {"ffd", "ffd-prototypes", "ffd-floor-no-error-filter", "rgd", "rad"}
 
 
-def _inputs(kind: str, batch: int = 2, classes: int = 3) -> tuple[torch.Tensor, ...]:
-    student, teacher, target, teacher_logits = random_inputs(batch=batch, classes=classes)
+# spatial dims of the inputs: images, and volumes with depths (student, teacher, labels) = (2, 4, 4)
+DIMS = pytest.mark.parametrize("dims", [2, 3], ids=["2d", "3d"])
+DEPTHS = {2: None, 3: (2, 4, 4)}
+
+
+def _inputs(kind: str, batch: int = 2, classes: int = 3, dims: int = 2) -> tuple[torch.Tensor, ...]:
+    student, teacher, target, teacher_logits = random_inputs(batch=batch, classes=classes, depths=DEPTHS[dims])
     if kind == "equal":
-        student = torch.randn(batch, 6, 4, 4)
+        student = torch.randn(batch, 6, *student.shape[2:-2], 4, 4)
     elif kind == "logits":
         student, teacher = torch.randn_like(teacher_logits), teacher_logits.clone()
     return student, teacher, target, teacher_logits
 
 
+@DIMS
 @pytest.mark.parametrize(("name", "factory", "kind"), TERMS, ids=IDS)
-def test_gradients_reach_student_only(name: str, factory: Callable, kind: str) -> None:
+def test_gradients_reach_student_only(name: str, factory: Callable, kind: str, dims: int) -> None:
     torch.manual_seed(6)
-    student, teacher, target, teacher_logits = _inputs(kind)
+    student, teacher, target, teacher_logits = _inputs(kind, dims=dims)
     student.requires_grad_(True)
     teacher.requires_grad_(True)
     teacher_logits.requires_grad_(True)
@@ -92,10 +100,11 @@ def test_gradients_reach_student_only(name: str, factory: Callable, kind: str) -
     assert teacher.grad is None and teacher_logits.grad is None
 
 
+@DIMS
 @pytest.mark.parametrize(("name", "factory", "kind"), TERMS, ids=IDS)
-def test_reductions(name: str, factory: Callable, kind: str) -> None:
+def test_reductions(name: str, factory: Callable, kind: str, dims: int) -> None:
     torch.manual_seed(7)
-    args = _inputs(kind, batch=3)
+    args = _inputs(kind, batch=3, dims=dims)
     none = factory(reduction="none")(*args)
     assert none.shape == (3,) and (none >= 0).all()
     torch.testing.assert_close(factory(reduction="sum")(*args), none.sum())
@@ -103,10 +112,13 @@ def test_reductions(name: str, factory: Callable, kind: str) -> None:
     torch.testing.assert_close(factory()(*args), none.mean())
 
 
+@DIMS
 @pytest.mark.parametrize(("name", "factory", "kind"), TERMS, ids=IDS)
-def test_finite_with_absent_classes_background_only_and_zero_features(name: str, factory: Callable, kind: str) -> None:
+def test_finite_with_absent_classes_background_only_and_zero_features(
+    name: str, factory: Callable, kind: str, dims: int
+) -> None:
     torch.manual_seed(5)
-    student, teacher, target, teacher_logits = _inputs(kind, batch=3, classes=4)
+    student, teacher, target, teacher_logits = _inputs(kind, batch=3, classes=4, dims=dims)
     target = target.clamp(max=1)  # classes 2 and 3 absent everywhere
     target[1] = 0  # background only
     student[2] = 0.0  # dead student features / flat logits
@@ -117,20 +129,22 @@ def test_finite_with_absent_classes_background_only_and_zero_features(name: str,
     assert torch.isfinite(student.grad).all()
 
 
+@DIMS
 @pytest.mark.parametrize(("name", "factory", "kind"), FEATURE_TERMS, ids=[t[0] for t in FEATURE_TERMS])
-def test_absent_classes_change_nothing(name: str, factory: Callable, kind: str) -> None:
+def test_absent_classes_change_nothing(name: str, factory: Callable, kind: str, dims: int) -> None:
     # the same labels (values 0..2) with K = 3 and with K = 14; extra teacher classes never win the argmax
     torch.manual_seed(8)
-    student, teacher, target, logits_3 = _inputs(kind)
-    logits_14 = torch.cat([logits_3, torch.full((2, 11, 8, 8), -1e4)], dim=1)
+    student, teacher, target, logits_3 = _inputs(kind, dims=dims)
+    logits_14 = torch.cat([logits_3, torch.full((2, 11, *logits_3.shape[2:]), -1e4)], dim=1)
     loss = factory(reduction="none")
     torch.testing.assert_close(loss(student, teacher, target, logits_14), loss(student, teacher, target, logits_3))
 
 
+@DIMS
 @pytest.mark.parametrize(("name", "factory", "kind"), TERMS, ids=IDS)
-def test_background_only_sample_in_the_batch_mean(name: str, factory: Callable, kind: str) -> None:
+def test_background_only_sample_in_the_batch_mean(name: str, factory: Callable, kind: str, dims: int) -> None:
     torch.manual_seed(9)
-    student, teacher, target, teacher_logits = _inputs(kind)
+    student, teacher, target, teacher_logits = _inputs(kind, dims=dims)
     target[1] = 0  # background only
     student.requires_grad_(True)
     none = factory(reduction="none")(student, teacher, target, teacher_logits)
@@ -147,10 +161,11 @@ def test_background_only_sample_in_the_batch_mean(name: str, factory: Callable, 
     assert torch.isfinite(student.grad).all()
 
 
+@DIMS
 @pytest.mark.parametrize(("name", "factory", "kind"), TERMS, ids=IDS)
-def test_finite_when_no_sample_has_foreground(name: str, factory: Callable, kind: str) -> None:
+def test_finite_when_no_sample_has_foreground(name: str, factory: Callable, kind: str, dims: int) -> None:
     torch.manual_seed(10)
-    student, teacher, target, teacher_logits = _inputs(kind)
+    student, teacher, target, teacher_logits = _inputs(kind, dims=dims)
     target = torch.zeros_like(target)
     student.requires_grad_(True)
     value = factory()(student, teacher, target, teacher_logits)
@@ -161,14 +176,16 @@ def test_finite_when_no_sample_has_foreground(name: str, factory: Callable, kind
     assert torch.isfinite(student.grad).all()
 
 
+@DIMS
 @pytest.mark.parametrize(("name", "factory", "kind"), FEATURE_TERMS, ids=[t[0] for t in FEATURE_TERMS])
-def test_labels_larger_than_the_features(name: str, factory: Callable, kind: str) -> None:
+def test_labels_larger_than_the_features(name: str, factory: Callable, kind: str, dims: int) -> None:
     # labels at 32x32 for 8x8 / 4x4 features: finite values and gradients, and a class that only covers single
-    # pixels between the nearest-sampled ones still changes the value (it is present as an area fraction)
+    # pixels between the nearest-sampled ones still changes the value (it is present as an area fraction); volumes:
+    # labels 8x32x32 for 4x8x8 / 2x4x4 features
     torch.manual_seed(11)
-    student, teacher, _, _ = _inputs(kind)
-    target = torch.randint(0, 2, (2, 1, 32, 32))
-    target[:, :, 1::4, 1::4] = 2  # class 2 only off the nearest grid (rows/cols 0, 4, 8, ...)
+    student, teacher, _, _ = _inputs(kind, dims=dims)
+    target = torch.randint(0, 2, (2, 1, *(8,) * (dims - 2), 32, 32))
+    target[(..., *(slice(1, None, 4),) * dims)] = 2  # class 2 only off the nearest grid (rows/cols 0, 4, 8, ...)
     teacher_logits = one_hot_labels(target, 3) * 4.0  # the teacher is right everywhere
     student.requires_grad_(True)
     value = factory(reduction="none")(student, teacher, target, teacher_logits)

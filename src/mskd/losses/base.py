@@ -6,12 +6,17 @@ Every distillation term of ``mskd`` is called the same way::
 
 so that the composite :class:`mskd.losses.DistillationLoss` can treat logit and feature terms alike. This module
 holds that uniform call signature, the input checks shared by all terms and the batch reduction, which averages over
-the samples that have something to distil (:class:`SampleValues`).
+the samples that have something to distil (:class:`SampleValues`). Inputs are images ``B, C, H, W`` or volumes
+``B, C, D, H, W``, one kind for every input of a call; grid hyper-parameters (RGD's sub-regions, SKD's pooling grid)
+are one count for every spatial axis or one per axis (:func:`check_cells`, :func:`cells_per_axis`). The maths treats
+every spatial axis alike, so the slice axis of a volume may come anywhere (MONAI's volumes are ``B, C, H, W, D``);
+per-axis settings follow the order of the tensors' axes.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from numbers import Integral, Real
 from typing import NamedTuple
 
@@ -20,9 +25,9 @@ from monai.utils import LossReduction, look_up_option
 from torch import Tensor
 from torch.nn.modules.loss import _Loss
 
-from mskd.losses.regions import check_labels
+from mskd.losses.regions import check_labels, check_same_spatial_dims, spatial_dims
 
-__all__ = ["DistillationTermLoss", "SampleValues", "check_int", "check_real"]
+__all__ = ["DistillationTermLoss", "SampleValues", "cells_per_axis", "check_cells", "check_int", "check_real"]
 
 
 class SampleValues(NamedTuple):
@@ -102,9 +107,65 @@ def _at_least_float32(value: Tensor) -> Tensor:
 def _check_tensor(name: str, value: object) -> Tensor:
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}.")
-    if value.ndim != 4:
-        raise ValueError(f"{name} must be a 4-D tensor (B, C, H, W), got shape {tuple(value.shape)}.")
+    spatial_dims(value, name)  # B, C, H, W or B, C, D, H, W
     return value
+
+
+def check_cells(name: str, value: object) -> int | tuple[int, ...]:
+    """Validate a grid hyper-parameter: one cell count for every spatial axis, or one per axis.
+
+    Args:
+        name: argument name used in the error message.
+        value: an integer ``>= 1`` (the same count along every axis, 2-D or 3-D), or a sequence of 2 (``(n_h,
+            n_w)``, for images) or 3 (for volumes) integers ``>= 1``, one per spatial axis in the order of the
+            tensors' axes: ``(n_d, n_h, n_w)`` for ``B, C, D, H, W``, ``(n_h, n_w, n_d)`` for MONAI's
+            ``B, C, H, W, D``.
+
+    Returns:
+        ``int(value)``, or the counts as a tuple of ints.
+
+    Raises:
+        TypeError: When ``value`` (or an entry) is not an integer, or is neither an integer nor a sequence.
+        ValueError: When a count is ``< 1`` or a sequence does not hold 2 or 3 counts.
+    """
+    if isinstance(value, Integral) and not isinstance(value, bool):
+        return check_int(name, value, minimum=1)
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise TypeError(
+            f"{name} must be an integer or a sequence of one integer per spatial axis, got {value!r} "
+            f"({type(value).__name__})."
+        )
+    if len(value) not in (2, 3):
+        raise ValueError(
+            f"{name} must give one count per spatial axis, (n_h, n_w) or (n_d, n_h, n_w), got {len(value)}: "
+            f"{tuple(value)!r}."
+        )
+    return tuple(check_int(f"{name}[{axis}]", count, minimum=1) for axis, count in enumerate(value))
+
+
+def cells_per_axis(name: str, cells: int | tuple[int, ...], features: Tensor) -> tuple[int, ...]:
+    """The per-axis counts of a grid hyper-parameter (see :func:`check_cells`) for a ``B, C, *spatial`` map.
+
+    Args:
+        name: argument name used in the error message.
+        cells: one count for every axis, or one per axis.
+        features: the map the grid is laid over (2-D or 3-D).
+
+    Returns:
+        One count per spatial axis of ``features``: ``cells`` repeated, or ``cells`` itself.
+
+    Raises:
+        ValueError: When ``cells`` is a sequence whose length differs from the number of spatial dims of ``features``.
+    """
+    dims = spatial_dims(features, "features")
+    if isinstance(cells, int):
+        return (cells,) * dims
+    if len(cells) != dims:
+        raise ValueError(
+            f"{name}={tuple(cells)!r} gives {len(cells)} per-axis counts but the features {tuple(features.shape)} have "
+            f"{dims} spatial dims; give {dims} counts or one integer for every axis."
+        )
+    return tuple(cells)
 
 
 class DistillationTermLoss(_Loss):
@@ -116,12 +177,17 @@ class DistillationTermLoss(_Loss):
     :meth:`per_sample` in float32 (float64 inputs stay float64) with autocast disabled, and applies ``reduction``
     over the valid samples (see :meth:`reduce`).
 
-    Shapes (``K`` = number of classes, taken from ``teacher_logits``):
+    Shapes (``K`` = number of classes, taken from ``teacher_logits``), all ``B, C, *spatial`` with two spatial dims
+    (``B, C, H, W``, images) or three (``B, C, D, H, W``, volumes), the same number for every input of one call:
 
-    - ``student``: ``B, C_s, h_s, w_s`` (logits ``B, K, H, W`` for logit terms, tapped features otherwise).
-    - ``teacher``: ``B, C_t, h_t, w_t``.
-    - ``target``: ``B, 1, H, W`` ground-truth labels with integer values ``0..K-1`` (any dtype).
-    - ``teacher_logits``: ``B, K, H, W`` teacher logits at input resolution.
+    - ``student``: ``B, C_s, *spatial_s`` (logits ``B, K, *spatial`` for logit terms, tapped features otherwise).
+    - ``teacher``: ``B, C_t, *spatial_t``.
+    - ``target``: ``B, 1, *spatial`` ground-truth labels with integer values ``0..K-1`` (any dtype).
+    - ``teacher_logits``: ``B, K, *spatial`` teacher logits at input resolution.
+
+    Every term computes the same maths in 2-D and 3-D with one implementation (pixels are voxels in 3-D), treating
+    every spatial axis alike (the slice axis may come anywhere: MONAI's volumes are ``B, C, H, W, D``), and a volume
+    of depth 1 gives the value of the image it holds.
 
     Args:
         reduction: {``"none"``, ``"mean"``, ``"sum"``} reduction over the batch of the per-sample values:
@@ -139,17 +205,18 @@ class DistillationTermLoss(_Loss):
         """Compute the reduced distillation term.
 
         Args:
-            student: student logits or features, ``B, C_s, h_s, w_s``.
-            teacher: teacher logits or features, ``B, C_t, h_t, w_t`` (detached here).
-            target: ground-truth label map ``B, 1, H, W``.
-            teacher_logits: teacher logits ``B, K, H, W`` (detached here).
+            student: student logits or features, ``B, C_s, *spatial_s`` (2-D or 3-D).
+            teacher: teacher logits or features, ``B, C_t, *spatial_t`` (detached here).
+            target: ground-truth label map ``B, 1, *spatial``.
+            teacher_logits: teacher logits ``B, K, *spatial`` (detached here).
 
         Returns:
             The per-sample values ``(B,)`` reduced over the valid samples according to ``reduction``.
 
         Raises:
             TypeError: When an input is not a tensor.
-            ValueError: When shapes are inconsistent or labels are outside ``0..K-1``.
+            ValueError: When shapes are inconsistent (including a mix of 2-D and 3-D inputs) or labels are outside
+                ``0..K-1``.
         """
         self.check_inputs(student, teacher, target, teacher_logits)
         # computed in (at least) float32 outside autocast: region counts and prototype sums overflow float16
@@ -173,18 +240,20 @@ class DistillationTermLoss(_Loss):
 
     @staticmethod
     def check_inputs(student: Tensor, teacher: Tensor, target: Tensor, teacher_logits: Tensor) -> None:
-        """Checks shared by every term: 4-D tensors, one batch size, ``target`` matching ``teacher_logits``.
+        """Checks shared by every term: 2-D or 3-D inputs alike, one batch size, ``target`` matching ``teacher_logits``.
 
         Args:
-            student: student logits or features, ``B, C_s, h_s, w_s``.
-            teacher: teacher logits or features, ``B, C_t, h_t, w_t``.
-            target: ground-truth label map ``B, 1, H, W``.
-            teacher_logits: teacher logits ``B, K, H, W``.
+            student: student logits or features, ``B, C_s, *spatial_s``.
+            teacher: teacher logits or features, ``B, C_t, *spatial_t``.
+            target: ground-truth label map ``B, 1, *spatial``.
+            teacher_logits: teacher logits ``B, K, *spatial``.
 
         Raises:
             TypeError: When an input is not a tensor.
-            ValueError: When an input is not 4-D, batch sizes differ, ``target`` is not ``B, 1, H, W`` at the
-                resolution of ``teacher_logits`` or holds values outside ``0..K-1``.
+            ValueError: When an input is neither 4-D (``B, C, H, W``) nor 5-D (``B, C, D, H, W``), an input has not
+                as many spatial dims as ``teacher_logits`` (the message names it and both shapes), batch sizes
+                differ, ``target`` is not ``B, 1, *spatial`` at the resolution of ``teacher_logits`` or holds values
+                outside ``0..K-1``.
         """
         for name, value in (
             ("student", student),
@@ -193,6 +262,8 @@ class DistillationTermLoss(_Loss):
             ("teacher_logits", teacher_logits),
         ):
             _check_tensor(name, value)
+        for name, value in (("student", student), ("teacher", teacher), ("target", target)):
+            check_same_spatial_dims(name, value, "teacher_logits", teacher_logits)
         if target.shape[1] != 1:
             raise ValueError(f"target must have one channel (B, 1, H, W), got shape {tuple(target.shape)}.")
         if target.shape[0] != teacher_logits.shape[0] or target.shape[2:] != teacher_logits.shape[2:]:

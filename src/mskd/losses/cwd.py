@@ -16,12 +16,13 @@ class ChannelWiseDistillationLoss(DistillationTermLoss):
     """Channel-wise distillation: KL divergence between per-channel spatial distributions.
 
     Reproduces CWD (Shu et al., "Channel-wise knowledge distillation for dense prediction", ICCV 2021). Each channel
-    is turned into a distribution over the ``H x W`` positions with a spatial softmax at temperature ``τ``, and the
-    student imitates the teacher's distribution channel by channel. As implemented, with student/teacher maps
-    ``y^S``, ``y^T`` (``B, C, h, w``; logits ``B, K, H, W`` or features) resized to the common size ``H x W`` (the
-    larger one, bilinear)::
+    is turned into a distribution over the ``P`` positions (``H x W`` pixels, or ``D x H x W`` voxels for a volume)
+    with a spatial softmax at temperature ``τ``, and the student imitates the teacher's distribution channel by
+    channel. As implemented, with student/teacher maps ``y^S``, ``y^T`` (``B, C, *spatial``, 2-D or 3-D; logits
+    ``B, K, *spatial`` or features) resized to the common size (the larger extent along every axis, bilinear or
+    trilinear)::
 
-        φ(y_c)_p = softmax_p(y_c / τ)                                          # over the H W positions
+        φ(y_c)_p = softmax_p(y_c / τ)                                          # over the P positions
         L_b = τ^2 / C * sum_c sum_p φ(y^T_c)_p (log φ(y^T_c)_p - log φ(y^S_c)_p)
 
     then ``reduction`` (``"mean"`` gives CWD's normalisation by ``B C``). Channel ``c`` of the student is compared
@@ -48,10 +49,10 @@ class ChannelWiseDistillationLoss(DistillationTermLoss):
         """Per-sample CWD values.
 
         Args:
-            student: student logits or features ``B, C, h_s, w_s``.
-            teacher: teacher logits or features ``B, C, h_t, w_t`` (already detached).
-            target: ground-truth labels ``B, 1, H0, W0`` (unused).
-            teacher_logits: teacher logits ``B, K, H0, W0`` (unused).
+            student: student logits or features ``B, C, *spatial_s`` (2-D or 3-D).
+            teacher: teacher logits or features ``B, C, *spatial_t`` (already detached).
+            target: ground-truth labels ``B, 1, *spatial0`` (unused).
+            teacher_logits: teacher logits ``B, K, *spatial0`` (unused).
 
         Returns:
             ``(B,)`` per-sample values.
@@ -67,7 +68,7 @@ class ChannelWiseDistillationLoss(DistillationTermLoss):
             )
         feat_s, feat_t = resize_to_common_size(student, teacher)
         t = self.temperature
-        log_p_s = F.log_softmax(feat_s.flatten(2) / t, dim=2)  # B, C, H*W
+        log_p_s = F.log_softmax(feat_s.flatten(2) / t, dim=2)  # B, C, P
         log_p_t = F.log_softmax(feat_t.flatten(2) / t, dim=2)
         kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=2)  # B, C
         return kl.mean(dim=1) * (t * t)

@@ -211,11 +211,13 @@ class DistillationLoss(_Loss):
         """Compute the total loss and its parts.
 
         Args:
-            student_logits: ``B, K, H, W`` student logits.
-            teacher_logits: ``B, K, H, W`` teacher logits (detached here).
-            target: ``B, 1, H, W`` ground-truth labels.
-            student_features: tapped student features by stage name.
-            teacher_features: tapped teacher features by stage name (detached here).
+            student_logits: ``B, K, *spatial`` student logits: ``B, K, H, W`` for images, ``B, K, D, H, W`` for
+                volumes (every term takes either, see :class:`mskd.losses.DistillationTermLoss`).
+            teacher_logits: ``B, K, *spatial`` teacher logits (detached here).
+            target: ``B, 1, *spatial`` ground-truth labels.
+            student_features: tapped student features by stage name, ``B, C_s, *spatial_s`` with as many spatial
+                dims as the logits.
+            teacher_features: tapped teacher features by stage name (detached here), likewise.
             iteration: current training iteration for the warm-up ramp (see :meth:`warmup_factor`); ``None`` → no
                 ramp.
 
@@ -224,7 +226,8 @@ class DistillationLoss(_Loss):
 
         Raises:
             TypeError: When a feature argument is not a mapping or ``iteration`` is not an integer.
-            ValueError: When ``iteration < 0``.
+            ValueError: When ``iteration < 0``; from a term, when its inputs mix 2-D and 3-D tensors (or are
+                otherwise inconsistent).
             KeyError: When a stage needed by a feature term is missing from either feature mapping.
         """
         student_features = {} if student_features is None else student_features

@@ -17,6 +17,7 @@ from mskd.losses.regions import (
     filtered_regions,
     region_balanced_weights,
     resize_to_common_size,
+    spatial_axes,
 )
 
 __all__ = ["FeatureFilteringDistillationLoss", "channel_agnostic_map"]
@@ -25,24 +26,24 @@ __all__ = ["FeatureFilteringDistillationLoss", "channel_agnostic_map"]
 def channel_agnostic_map(features: Tensor, eps: float = 1e-8) -> Tensor:
     """Channel-agnostic activation map with unit mean square per sample.
 
-    As implemented, for features ``F`` of shape ``B, C, H, W``::
+    As implemented, for features ``F`` of shape ``B, C, *spatial`` (``P`` pixels: ``H W``, or ``D H W`` voxels)::
 
         w = softmax_c(GAP(ReLU F))                     # B, C
-        A = sum_c w_c * ReLU(F)_c                      # B, 1, H, W
-        A <- A * sqrt(H W) / (||A||_2 + eps)           # L2 norm over space, per sample
+        A = sum_c w_c * ReLU(F)_c                      # B, 1, *spatial
+        A <- A * sqrt(P) / (||A||_2 + eps)             # L2 norm over space, per sample
 
     Args:
-        features: ``B, C, H, W`` feature map.
+        features: ``B, C, *spatial`` feature map (2-D or 3-D).
         eps: stabiliser of the normalisation.
 
     Returns:
-        ``B, 1, H, W`` map ``A``; all zeros when ``ReLU F`` is zero.
+        ``B, 1, *spatial`` map ``A``; all zeros when ``ReLU F`` is zero.
     """
     act = F.relu(features)
-    weights = torch.softmax(act.mean(dim=(2, 3)), dim=1)  # B, C
-    amap = torch.einsum("bc,bchw->bhw", weights, act).unsqueeze(1)
-    norm = torch.linalg.vector_norm(amap.flatten(1), dim=1).view(-1, 1, 1, 1)
-    return amap * math.sqrt(amap.shape[-2] * amap.shape[-1]) / (norm + eps)
+    weights = torch.softmax(act.mean(dim=spatial_axes(act)), dim=1)  # B, C
+    amap = torch.einsum("bc,bc...->b...", weights, act).unsqueeze(1)
+    norm = torch.linalg.vector_norm(amap.flatten(1), dim=1).view(-1, *(1,) * (amap.ndim - 1))
+    return amap * math.sqrt(math.prod(amap.shape[2:])) / (norm + eps)
 
 
 class FeatureFilteringDistillationLoss(DistillationTermLoss):
@@ -51,19 +52,22 @@ class FeatureFilteringDistillationLoss(DistillationTermLoss):
     This is the project's reconstruction of MSKD's FFD term (Zhao et al., Comput Biol Med 2023, 107284), whose
     full equations are not published; it is built from the attention transfer of EMKD (Qin et al., TMI 2021) and
     the region-aware weighting of IFVD (Wang et al., ECCV 2020). As implemented, with student/teacher features
-    ``F^S`` (``B, C_s, h_s, w_s``) and ``F^T`` (``B, C_t, h_t, w_t``) resized to the common size ``H x W`` (the
-    larger one, bilinear), labels ``y`` (``B, 1, H0, W0``, ``K`` classes) and teacher logits ``z^T`` at input
-    resolution:
+    ``F^S`` (``B, C_s, *spatial_s``) and ``F^T`` (``B, C_t, *spatial_t``), images (``h, w``) or volumes
+    (``d, h, w``), resized to the common size (the larger extent along every axis, bilinear or trilinear), labels
+    ``y`` (``B, 1, *spatial0``, ``K`` classes) and teacher logits ``z^T`` at input resolution (a pixel is a voxel
+    in 3-D, ``P`` the number of pixels of the common size):
 
     1. ``A^S = channel_agnostic_map(F^S)``, ``A^T = channel_agnostic_map(F^T)`` (see :func:`channel_agnostic_map`).
     2. At input resolution, ``M_q = [argmax z^T_q = y_q] * [q in dilate(y > 0, band_radius)]``; the first factor
-       only if ``filter_teacher_errors``; dilation by a ``(2r+1) x (2r+1)`` square, ``r`` in input pixels (so the
-       band covers the same part of the image at every stride); ``band_radius=0`` → organs only.
-    3. Kept regions at ``H x W``: ``R_k = area_pool(one_hot(y)_k * M)``, the fraction of each feature pixel that is
-       class ``k`` and kept (:func:`mskd.losses.regions.filtered_regions`; a 1-pixel organ stays present at any
-       stride).
+       only if ``filter_teacher_errors``; dilation by a ``(2r+1) x (2r+1)`` square in 2-D and a
+       ``(2r+1) x (2r+1) x (2r+1)`` cube in 3-D (Chebyshev distance ``r``, see
+       :func:`mskd.losses.regions.dilate_mask`), ``r`` in input pixels (voxels, along every axis whatever the voxel
+       spacing), so the band covers the same part of the image at every stride; ``band_radius=0`` → organs only.
+    3. Kept regions at the common size: ``R_k = area_pool(one_hot(y)_k * M)``, the fraction of each feature pixel
+       that is class ``k`` and kept (:func:`mskd.losses.regions.filtered_regions`; a 1-pixel organ stays present at
+       any stride).
     4. ``w_p = sum_k R_k,p / (K_present * max(|R_k|, n_min))`` with ``|R_k| = sum_p R_k,p``, ``K_present`` the number
-       of classes (background included) with ``|R_k| > 0`` and ``n_min = min_region_fraction * H W``
+       of classes (background included) with ``|R_k| > 0`` and ``n_min = min_region_fraction * P``
        (:func:`mskd.losses.regions.region_balanced_weights`; weights sum to 1 unless a region is below the floor).
     5. ``L_b = sum_p w_p * (A^S_p - A^T_p)^2``.
     6. Optional region-prototype term (``prototype_weight = λ_p > 0``): prototypes of the kept class regions
@@ -77,7 +81,8 @@ class FeatureFilteringDistillationLoss(DistillationTermLoss):
     ``C_s == C_t``. Vectorised over classes and pixels (no Python loop).
 
     Args:
-        band_radius: width ``r >= 0``, in input pixels, of the background band kept around organs.
+        band_radius: width ``r >= 0``, in input pixels (voxels in 3-D, along every axis), of the background band
+            kept around organs.
         filter_teacher_errors: drop pixels the teacher misclassifies.
         prototype_weight: weight ``λ_p >= 0`` of the region-prototype term; ``0`` (default) leaves it out.
         min_region_fraction: floor on a kept region's size in the region balance, as a fraction of the feature map
@@ -114,10 +119,10 @@ class FeatureFilteringDistillationLoss(DistillationTermLoss):
         """Per-sample FFD values and the samples whose kept set holds an organ pixel.
 
         Args:
-            student: student features ``B, C_s, h_s, w_s``.
-            teacher: teacher features ``B, C_t, h_t, w_t`` (already detached).
-            target: ground-truth labels ``B, 1, H0, W0``.
-            teacher_logits: teacher logits ``B, K, H0, W0``.
+            student: student features ``B, C_s, *spatial_s`` (2-D or 3-D).
+            teacher: teacher features ``B, C_t, *spatial_t`` (already detached).
+            target: ground-truth labels ``B, 1, *spatial0``.
+            teacher_logits: teacher logits ``B, K, *spatial0``.
 
         Returns:
             :class:`mskd.losses.base.SampleValues` with ``(B,)`` values and valid samples.
@@ -134,13 +139,13 @@ class FeatureFilteringDistillationLoss(DistillationTermLoss):
         feat_s, feat_t = resize_to_common_size(student, teacher)
         map_s = channel_agnostic_map(feat_s, self.eps)
         map_t = channel_agnostic_map(feat_t, self.eps)
-        kept = filtered_regions(  # R_k ∩ M as area fractions, B, K, H, W
-            target, teacher_logits, feat_s.shape[-2:], self.band_radius, self.filter_teacher_errors, map_s.dtype
+        kept = filtered_regions(  # R_k ∩ M as area fractions, B, K, *spatial
+            target, teacher_logits, feat_s.shape[2:], self.band_radius, self.filter_teacher_errors, map_s.dtype
         )
-        counts = kept.sum(dim=(2, 3))  # B, K
+        counts = kept.sum(dim=spatial_axes(kept))  # B, K
         valid = counts[:, 1:].sum(dim=1) > 0  # M holds an organ pixel
         weights = region_balanced_weights(kept, min_region_fraction=self.min_region_fraction)  # zero outside M
-        value = (weights * (map_s - map_t).pow(2)).sum(dim=(1, 2, 3))
+        value = (weights * (map_s - map_t).pow(2)).sum(dim=tuple(range(1, weights.ndim)))
         if self.prototype_weight == 0:
             return SampleValues(value, valid)
         present = (counts > 0).to(value.dtype)  # B, K

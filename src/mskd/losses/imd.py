@@ -15,22 +15,22 @@ __all__ = ["ImportanceMapDistillationLoss", "importance_map"]
 def importance_map(features: Tensor, power: float = 4.0, eps: float = 1e-8) -> Tensor:
     """Spatial importance map: the channel mean of ``|F|^p``, L2-normalised over space.
 
-    As implemented, for features ``F`` of shape ``B, C, H, W``::
+    As implemented, for features ``F`` of shape ``B, C, *spatial`` (``P`` pixels: ``H W``, or ``D H W`` voxels)::
 
-        a = vec(mean_c |F_c|^p)            # B, H*W
+        a = vec(mean_c |F_c|^p)            # B, P
         a <- a / max(||a||_2, eps)         # per sample
 
     Args:
-        features: ``B, C, H, W`` feature map.
+        features: ``B, C, *spatial`` feature map (2-D or 3-D).
         power: exponent ``p >= 1``.
         eps: lower bound of the norm.
 
     Returns:
-        ``B, H*W`` unit-norm maps (all zeros where ``F`` is zero).
+        ``B, P`` unit-norm maps (all zeros where ``F`` is zero).
     """
     magnitude = features.abs()
     # the map is normalised, so rescaling F by its per-sample maximum changes nothing but keeps |F|^p in range
-    scale = magnitude.flatten(1).amax(dim=1).clamp(min=eps).detach().view(-1, 1, 1, 1)
+    scale = magnitude.flatten(1).amax(dim=1).clamp(min=eps).detach().view(-1, *(1,) * (features.ndim - 1))
     amap = (magnitude / scale).pow(power).mean(dim=1).flatten(1)
     return F.normalize(amap, dim=1, eps=eps)
 
@@ -40,10 +40,10 @@ class ImportanceMapDistillationLoss(DistillationTermLoss):
 
     Reproduces EMKD's IMD term (Qin et al., "Efficient medical image segmentation based on knowledge distillation",
     IEEE TMI 2021), itself the attention transfer of Zagoruyko & Komodakis (ICLR 2017). As implemented, with
-    student/teacher features ``F^S`` (``B, C_s, h_s, w_s``) and ``F^T`` (``B, C_t, h_t, w_t``) resized to the common
-    size ``H x W`` (the larger one, bilinear)::
+    student/teacher features ``F^S`` (``B, C_s, *spatial_s``) and ``F^T`` (``B, C_t, *spatial_t``), images or volumes,
+    resized to the common size (``P`` pixels or voxels; the larger extent along every axis, bilinear or trilinear)::
 
-        a^S = importance_map(F^S, p),  a^T = importance_map(F^T, p)          # B, H*W, unit norm
+        a^S = importance_map(F^S, p),  a^T = importance_map(F^T, p)          # B, P, unit norm
         L_b = sum_p (a^S_p - a^T_p)^2                                        # in [0, 2]
 
     then ``reduction``. EMKD raises ``F`` itself to the power ``p = 4``; ``|F|^p`` is the same for even ``p`` and
@@ -71,10 +71,10 @@ class ImportanceMapDistillationLoss(DistillationTermLoss):
         """Per-sample IMD values.
 
         Args:
-            student: student features ``B, C_s, h_s, w_s``.
-            teacher: teacher features ``B, C_t, h_t, w_t`` (already detached).
-            target: ground-truth labels ``B, 1, H0, W0`` (unused).
-            teacher_logits: teacher logits ``B, K, H0, W0`` (unused).
+            student: student features ``B, C_s, *spatial_s`` (2-D or 3-D).
+            teacher: teacher features ``B, C_t, *spatial_t`` (already detached).
+            target: ground-truth labels ``B, 1, *spatial0`` (unused).
+            teacher_logits: teacher logits ``B, K, *spatial0`` (unused).
 
         Returns:
             ``(B,)`` per-sample values.

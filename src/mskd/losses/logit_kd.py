@@ -25,29 +25,31 @@ class LogitDistillationLoss(DistillationTermLoss):
 
     This is the project's reconstruction of the logit term of MSKD (Zhao et al., Comput Biol Med 2023, 107284),
     whose full equations are not published; it follows the pixel-wise KD of SKD (Liu et al., CVPR 2019) and EMKD
-    (Qin et al., TMI 2021). As implemented, for logits ``z^S, z^T`` of shape ``B, K, H, W``::
+    (Qin et al., TMI 2021). As implemented, for logits ``z^S, z^T`` of shape ``B, K, *spatial`` (``B, K, H, W``
+    images or ``B, K, D, H, W`` volumes; ``p`` runs over the ``P`` pixels, or voxels, ``P = H W`` or ``D H W``)::
 
         kl_p = T^2 * sum_k softmax(z^T_p / T)_k * (log softmax(z^T_p / T)_k - log softmax(z^S_p / T)_k)
         L_b  = sum_p M_p kl_p / max(sum_p M_p, 1)                                          (class_balanced=False)
         L_b  = sum_p w_p * kl_p,  w_p = 1 / (K_present max(|R_k ∩ M|, n_min)) for p in R_k ∩ M   (class_balanced=True)
 
     where ``R_k`` is the ground-truth region of class ``k`` in sample ``b``, ``K_present`` the number of classes
-    with ``|R_k ∩ M| > 0``, ``n_min = min_region_fraction * H W`` a floor on the region size, so that a 1-pixel
+    with ``|R_k ∩ M| > 0``, ``n_min = min_region_fraction * P`` a floor on the region size, so that a 1-pixel
     fragment does not get the per-pixel weight of a whole region (see
     :func:`mskd.losses.regions.region_balanced_weights`; the weights of a sample sum to 1 unless a region is below
     the floor) and ``M`` FFD's pixel filter (:func:`mskd.losses.regions.distillation_filter`): organs plus a band of
-    ``filter_band_radius`` input pixels around them, where the teacher is right (``filter_teacher_errors``). With
-    neither filter ``M`` is every pixel and the plain variant is the mean over ``H W`` pixels. A sample whose ``M`` is
+    ``filter_band_radius`` input pixels (voxels; a square band in 2-D, a cube in 3-D) around them, where the teacher
+    is right (``filter_teacher_errors``). With neither filter ``M`` is every pixel and the plain variant is the mean
+    over the ``P`` pixels. A sample whose ``M`` is
     empty gives 0, and every sample counts in the batch mean. The per-sample values ``L_b`` are then reduced over the
     batch.
 
     Args:
         temperature: softmax temperature ``T > 0``. Defaults to 4.0.
         class_balanced: average the pixel values with region-balanced weights instead of a plain mean.
-        filter_band_radius: keep only organ pixels and a background band of this many input pixels (``>= 0``) around
-            them; ``None`` (default) keeps every pixel.
+        filter_band_radius: keep only organ pixels and a background band of this many input pixels (voxels in 3-D,
+            along every axis; ``>= 0``) around them; ``None`` (default) keeps every pixel.
         filter_teacher_errors: keep only pixels the teacher classifies correctly. Defaults to ``False``.
-        min_region_fraction: floor ``n_min / (H W)`` on a region's size in the class balance, in ``[0, 1]``; ``0``
+        min_region_fraction: floor ``n_min / P`` on a region's size in the class balance, in ``[0, 1]``; ``0``
             turns it off. Defaults to 0.001. Used with ``class_balanced=True`` only (another value without it warns).
         reduction: {``"none"``, ``"mean"``, ``"sum"``} reduction over the batch. Defaults to ``"mean"``.
 
@@ -89,10 +91,10 @@ class LogitDistillationLoss(DistillationTermLoss):
         """Per-sample KD values.
 
         Args:
-            student: student logits ``B, K, H, W``.
-            teacher: teacher logits ``B, K, H, W`` (already detached).
-            target: ground-truth labels ``B, 1, H, W``.
-            teacher_logits: teacher logits ``B, K, H, W``; gives ``K``.
+            student: student logits ``B, K, *spatial`` (2-D or 3-D).
+            teacher: teacher logits ``B, K, *spatial`` (already detached).
+            target: ground-truth labels ``B, 1, *spatial``.
+            teacher_logits: teacher logits ``B, K, *spatial``; gives ``K``.
 
         Returns:
             ``(B,)`` per-sample values.
@@ -114,15 +116,16 @@ class LogitDistillationLoss(DistillationTermLoss):
         t = self.temperature
         log_p_s = F.log_softmax(student / t, dim=1)
         log_p_t = F.log_softmax(teacher / t, dim=1)
-        kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1, keepdim=True) * (t * t)  # B, 1, H, W
+        kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1, keepdim=True) * (t * t)  # B, 1, *spatial
+        per_sample = tuple(range(1, kl.ndim))  # everything but the batch
         if self.class_balanced:
             regions = filtered_regions(  # R_k ∩ M at input resolution (the one-hot labels times M)
-                target, teacher_logits, kl.shape[-2:], self.filter_band_radius, self.filter_teacher_errors, kl.dtype
+                target, teacher_logits, kl.shape[2:], self.filter_band_radius, self.filter_teacher_errors, kl.dtype
             )
             weights = region_balanced_weights(regions, min_region_fraction=self.min_region_fraction)
-            return (weights * kl).sum(dim=(1, 2, 3))
+            return (weights * kl).sum(dim=per_sample)
         mask = distillation_filter(target, teacher_logits, self.filter_band_radius, self.filter_teacher_errors)
         if mask is None:
-            return kl.mean(dim=(1, 2, 3))
+            return kl.mean(dim=per_sample)
         kept = mask.to(kl.dtype)
-        return (kept * kl).sum(dim=(1, 2, 3)) / kept.sum(dim=(1, 2, 3)).clamp(min=1)
+        return (kept * kl).sum(dim=per_sample) / kept.sum(dim=per_sample).clamp(min=1)

@@ -7,7 +7,7 @@ from monai.utils import LossReduction
 from torch import Tensor
 
 from mskd.losses.base import DistillationTermLoss, SampleValues, check_real
-from mskd.losses.regions import class_prototypes, label_regions, resize_to_common_size
+from mskd.losses.regions import class_prototypes, label_regions, resize_to_common_size, spatial_axes
 
 __all__ = ["RegionAffinityDistillationLoss", "background_affinity"]
 
@@ -16,8 +16,8 @@ def background_affinity(features: Tensor, regions: Tensor, eps: float = 1e-8) ->
     """Cosine between the background prototype and each foreground class prototype.
 
     Args:
-        features: ``B, C, H, W`` features.
-        regions: ``B, K, H, W`` class regions at the same resolution, one-hot or area fractions (class 0 is the
+        features: ``B, C, *spatial`` features (2-D or 3-D).
+        regions: ``B, K, *spatial`` class regions at the same resolution, one-hot or area fractions (class 0 is the
             background).
         eps: stabiliser of the prototype average and of the norms.
 
@@ -33,9 +33,9 @@ class RegionAffinityDistillationLoss(DistillationTermLoss):
 
     Reproduces EMKD's RAD term (Qin et al., "Efficient medical image segmentation based on knowledge distillation",
     IEEE TMI 2021), extended from EMKD's single foreground class to ``K - 1`` classes. As implemented, with features
-    resized to the common size ``H x W`` (the larger one, bilinear) and soft class regions ``Y`` (``K`` classes: the
-    area fraction of each class in each feature pixel, see :func:`mskd.losses.regions.label_regions`), separately
-    for student and teacher::
+    (``B, C, *spatial``, images or volumes) resized to the common size (the larger extent along every axis, bilinear
+    or trilinear) and soft class regions ``Y`` (``K`` classes: the area fraction of each class in each feature pixel,
+    or voxel, see :func:`mskd.losses.regions.label_regions`), separately for student and teacher::
 
         v_k = sum_p Y_kp F_p / (sum_p Y_kp + eps)                       # class prototypes, B, K, C
         a_k = cos(v_0, v_k),  k = 1..K-1                                 # background-to-class affinity
@@ -66,17 +66,17 @@ class RegionAffinityDistillationLoss(DistillationTermLoss):
         """Per-sample RAD values and the samples with a background/organ pair.
 
         Args:
-            student: student features ``B, C_s, h_s, w_s``.
-            teacher: teacher features ``B, C_t, h_t, w_t`` (already detached).
-            target: ground-truth labels ``B, 1, H0, W0``.
-            teacher_logits: teacher logits ``B, K, H0, W0``; gives ``K``.
+            student: student features ``B, C_s, *spatial_s`` (2-D or 3-D).
+            teacher: teacher features ``B, C_t, *spatial_t`` (already detached).
+            target: ground-truth labels ``B, 1, *spatial0``.
+            teacher_logits: teacher logits ``B, K, *spatial0``; gives ``K``.
 
         Returns:
             :class:`mskd.losses.base.SampleValues` with ``(B,)`` values and valid samples.
         """
         feat_s, feat_t = resize_to_common_size(student, teacher)
-        regions = label_regions(target, feat_s.shape[-2:], teacher_logits.shape[1], feat_s.dtype)
-        present = regions.sum(dim=(2, 3)) > 0  # B, K
+        regions = label_regions(target, feat_s.shape[2:], teacher_logits.shape[1], feat_s.dtype)
+        present = regions.sum(dim=spatial_axes(regions)) > 0  # B, K
         pairs = (present[:, 1:] & present[:, :1]).to(feat_s.dtype)  # B, K-1: background and class k both present
         diff = background_affinity(feat_s, regions, self.eps) - background_affinity(feat_t, regions, self.eps)
         n_pairs = pairs.sum(dim=1)
