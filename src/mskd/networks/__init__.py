@@ -17,7 +17,7 @@ from .checkpoint import (
     save_weights,
     state_dict_mismatch,
 )
-from .registry import default_taps, get_network, list_networks, tap_points
+from .registry import default_taps, get_network, list_networks, network_spatial_dims, tap_points
 from .taps import FeatureTaps, unwrap_network
 
 # Network classes are imported on first access, so `import mskd.networks` stays light.
@@ -26,6 +26,7 @@ _LAZY = {
     "ENet": "enet",
     "ERFNet": "erfnet",
     "ESPNet": "espnet",
+    "ESPNet3D": "espnet3d",
     "MobileNetV2UNet": "mobilenetv2_unet",
 }
 
@@ -40,6 +41,7 @@ __all__ = [
     "load_network",
     "load_weights",
     "metadata_mismatch",
+    "network_spatial_dims",
     "read_checkpoint",
     "read_state_dict",
     "save_weights",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from monai.networks.layers.factories import Conv, Norm
 from torch import nn
 
 from mskd.networks.checks import check_input
@@ -14,11 +15,11 @@ _BN_EPS = 1e-3
 
 
 class _BNPReLU(nn.Module):
-    """BatchNorm + per-channel PReLU."""
+    """BatchNorm + per-channel PReLU (2D, or 3D with ``spatial_dims=3``)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, spatial_dims: int = 2) -> None:
         super().__init__()
-        self.bn = nn.BatchNorm2d(channels, eps=_BN_EPS)
+        self.bn = Norm[Norm.BATCH, spatial_dims](channels, eps=_BN_EPS)
         self.act = nn.PReLU(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -26,12 +27,15 @@ class _BNPReLU(nn.Module):
 
 
 class _ConvBNPReLU(nn.Module):
-    """Square convolution (no bias) + BatchNorm + per-channel PReLU."""
+    """Square (cubic with ``spatial_dims=3``) convolution (no bias) + BatchNorm + per-channel PReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, spatial_dims: int = 2
+    ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels, eps=_BN_EPS)
+        conv = Conv[Conv.CONV, spatial_dims]
+        self.conv = conv(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, bias=False)
+        self.bn = Norm[Norm.BATCH, spatial_dims](out_channels, eps=_BN_EPS)
         self.act = nn.PReLU(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -45,24 +49,32 @@ class _ESP(nn.Module):
     variant); split-transform: ``K`` parallel 3x3 convs with dilation ``2**k`` (the first one takes the remainder
     so the concat has exactly ``out_channels``); hierarchical feature fusion: the dilated outputs are added
     progressively before concatenation; residual when ``residual`` (same shape in and out); BN + PReLU.
+    ``spatial_dims=3`` makes every convolution 3x3x3 (1x1x1 for the reduction) and the norm a ``BatchNorm3d``.
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, branches: int = 5, downsample: bool = False, residual: bool = True
+        self,
+        in_channels: int,
+        out_channels: int,
+        branches: int = 5,
+        downsample: bool = False,
+        residual: bool = True,
+        spatial_dims: int = 2,
     ) -> None:
         super().__init__()
+        conv = Conv[Conv.CONV, spatial_dims]
         d = out_channels // branches
         first = out_channels - (branches - 1) * d
         self.residual = residual and not downsample and in_channels == out_channels
         if downsample:
-            self.reduce = nn.Conv2d(in_channels, d, 3, stride=2, padding=1, bias=False)
+            self.reduce = conv(in_channels, d, 3, stride=2, padding=1, bias=False)
         else:
-            self.reduce = nn.Conv2d(in_channels, d, 1, bias=False)
-        self.first = nn.Conv2d(d, first, 3, padding=1, bias=False)
+            self.reduce = conv(in_channels, d, 1, bias=False)
+        self.first = conv(d, first, 3, padding=1, bias=False)
         self.pyramid = nn.ModuleList(
-            [nn.Conv2d(d, d, 3, padding=2**k, dilation=2**k, bias=False) for k in range(1, branches)]
+            [conv(d, d, 3, padding=2**k, dilation=2**k, bias=False) for k in range(1, branches)]
         )
-        self.out = _BNPReLU(out_channels)
+        self.out = _BNPReLU(out_channels, spatial_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         reduced = self.reduce(x)
