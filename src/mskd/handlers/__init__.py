@@ -1,11 +1,12 @@
 """Handlers beyond MONAI's own: per-class metric unpacking, whole-volume metrics, resumable and safe checkpoints, the
-non-finite loss guard, validation at the last epoch, and terminal progress (the MLflow handlers are
+non-finite loss guard, validation at the last epoch, terminal progress and
+the duration estimate of a long training (the MLflow handlers are
 :mod:`mskd.tracking`'s)."""
 
 from .checkpoint_savers import CheckpointSaver, SafeDiskSaver, TrainingCheckpoint
 from .nonfinite import NONFINITE_MODES, NONFINITE_SKIPS, NonFiniteLossHandler
 from .per_class_metrics import PerClassMetricHandler
-from .progress import ProgressHandler
+from .progress import ProgressHandler, TimeEstimateHandler
 from .validation_schedule import ValidationHandler
 from .volume_metrics import VolumeMetricsHandler
 
@@ -17,6 +18,7 @@ __all__ = [
     "PerClassMetricHandler",
     "ProgressHandler",
     "SafeDiskSaver",
+    "TimeEstimateHandler",
     "TrainingCheckpoint",
     "ValidationHandler",
     "VolumeMetricsHandler",

@@ -1,5 +1,5 @@
 """The progress of an engine's epochs on the terminal: a bar per epoch, or log lines (the rules are
-:mod:`mskd.progress`'s)."""
+:mod:`mskd.progress`'s), and an early estimate of a long training's duration."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 else:
     Engine, _ = optional_import("ignite.engine", name="Engine")
 
-__all__ = ["ProgressHandler"]
+__all__ = ["ProgressHandler", "TimeEstimateHandler", "format_duration"]
 
 
 class ProgressHandler:
@@ -97,3 +97,118 @@ class ProgressHandler:
         if self.pbar is not None:
             self.pbar.close()
             self.pbar = None
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as a person reads it: ``45 s``, ``12 min``, ``3 h 51 min``."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+class TimeEstimateHandler:
+    """Say early how long a long training will take: a CPU run of a GPU-sized stack must not sit silent for minutes.
+
+    In the first epoch of an engine run (a resumed run included), once ``measure_s`` seconds and ``min_iterations``
+    iterations have passed after the first iteration (left out: it holds the one-off start-up costs), the seconds per
+    epoch are extrapolated from the iterations so far; when an epoch will take at least ``min_epoch_s``, the engine's
+    logger writes that estimate and the total for the epochs left, once. At the end of that first epoch the measured
+    time of its training iterations replaces the estimate (one more line, under the same condition). Validation,
+    which runs at some epochs' ends, comes on top; both lines say so.
+
+    Args:
+        device: the device trained on; the estimate is given only on a CPU (``"cpu"`` or a ``torch.device``), or on
+            every device with ``None``.
+        min_epoch_s: the shortest epoch worth a line.
+        measure_s: how long to measure before the early estimate.
+        min_iterations: the fewest iterations to measure before the early estimate.
+        note: text appended to both lines (e.g. where to read which configurations are GPU-sized).
+
+    Raises:
+        ValueError: for negative durations or ``min_iterations < 1``.
+    """
+
+    def __init__(
+        self,
+        device: Any = None,
+        min_epoch_s: float = 60.0,
+        measure_s: float = 20.0,
+        min_iterations: int = 3,
+        note: str = "",
+    ) -> None:
+        if min_epoch_s < 0 or measure_s < 0 or min_iterations < 1:
+            raise ValueError(
+                "min_epoch_s and measure_s must be >= 0 and min_iterations >= 1, got "
+                f"{min_epoch_s}, {measure_s}, {min_iterations}"
+            )
+        cpu = device is not None and str(getattr(device, "type", device)).split(":")[0] == "cpu"
+        self.active = device is None or cpu
+        self.where = " on the CPU" if cpu else ""
+        self.min_epoch_s = float(min_epoch_s)
+        self.measure_s = float(measure_s)
+        self.min_iterations = int(min_iterations)
+        self.note = note
+        self.lines: list[str] = []
+        self._first_epoch: int | None = None
+        self._epoch_start = self._measure_start = 0.0
+        self._measured = 0
+        self._estimated = False
+        self._last_iteration_time = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        """Register the handler's steps on ``engine`` (nothing off the CPU)."""
+        if not self.active:
+            return
+        engine.add_event_handler(Events.STARTED, self.started)
+        engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def started(self, engine: Engine) -> None:
+        self._first_epoch = None
+        self._estimated = False
+
+    def epoch_started(self, engine: Engine) -> None:
+        if self._first_epoch is None:
+            self._first_epoch = engine.state.epoch
+            self._epoch_start = time.perf_counter()
+            self._measured = -1  # the first iteration is not measured
+
+    def iteration_completed(self, engine: Engine) -> None:
+        if engine.state.epoch != self._first_epoch:
+            return
+        now = time.perf_counter()
+        self._last_iteration_time = now
+        self._measured += 1
+        if self._measured == 0:
+            self._measure_start = now
+            return
+        elapsed = now - self._measure_start
+        if self._estimated or self._measured < self.min_iterations or elapsed < self.measure_s:
+            return
+        self._estimated = True
+        epoch_s = elapsed / self._measured * engine.state.epoch_length
+        self._say(engine, f"about {epoch_s:.0f} s per epoch (measured over {self._measured} iterations)", epoch_s)
+
+    def epoch_completed(self, engine: Engine) -> None:
+        if engine.state.epoch != self._first_epoch:
+            return
+        epoch_s = self._last_iteration_time - self._epoch_start
+        self._say(engine, f"epoch {engine.state.epoch} took {epoch_s:.0f} s", epoch_s, left_after=engine.state.epoch)
+
+    def _say(self, engine: Engine, measured: str, epoch_s: float, left_after: int | None = None) -> None:
+        if epoch_s < self.min_epoch_s:
+            return
+        done = engine.state.epoch if left_after is not None else engine.state.epoch - 1
+        left = max(0, int(engine.state.max_epochs or 0) - done)
+        line = (
+            f"{measured}{self.where}: the {left} epoch{'s' if left != 1 else ''} "
+            f"{'left' if left_after is not None else 'of this run'} take about {format_duration(left * epoch_s)}, "
+            "validation not included"
+        )
+        if self.note:
+            line += f". {self.note}"
+        self.lines.append(line)
+        engine.logger.info(line)
