@@ -297,3 +297,41 @@ def test_cached_teacher_forward_refuses_what_does_not_key_the_cache():
         )
     with pytest.raises(ValueError, match="needs a teacher_cache"):
         _trainer(_net((8, 16, 32)), _net((4, 8, 16))).cached_teacher_forward(images, images)
+
+
+def _net3d(channels):
+    torch.manual_seed(len(channels) * channels[0])
+    return UNet(3, 1, 3, channels=channels, strides=(2, 2), num_res_units=1)
+
+
+def _one_3d_step(**options):
+    """One MSKD iteration (KD + FFD + RGD) of 3D networks on 8x16x16 patches: the loss terms and the gradients."""
+    teacher, student = _net3d((8, 16, 32)), _net3d((4, 8, 16))
+    torch.manual_seed(0)
+    label = torch.randint(0, 3, (2, 1, 8, 16, 16)).float()
+    loader = [{"image": torch.rand(2, 1, 8, 16, 16), "label": label}]
+    trainer = DistillationTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=loader,
+        network=student,
+        optimizer=torch.optim.SGD(student.parameters(), lr=0.1),
+        loss_function=_mskd_loss(),
+        teacher=teacher,
+        student_taps=TAPS,
+        teacher_taps=TAPS,
+        decollate=False,
+        **options,
+    )
+    trainer.run()
+    return trainer, trainer.state.output[LOSS_TERMS], {n: p.grad.clone() for n, p in student.named_parameters()}
+
+
+def test_3d_networks_distil_on_patches_and_channels_last_3d_gives_the_same_step():
+    trainer, terms, grads = _one_3d_step()
+    assert set(terms) == {"seg", "kd", "ffd", "rgd"} and all(torch.isfinite(v) for v in terms.values())
+    assert any(g.abs().sum() > 0 for g in grads.values())
+    fast, terms_cl, grads_cl = _one_3d_step(channels_last=True)
+    assert all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in fast.teacher.parameters() if p.ndim == 5)
+    torch.testing.assert_close(terms_cl, terms, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grads_cl, grads, rtol=1e-3, atol=1e-5)

@@ -27,6 +27,16 @@ LOSS_TERMS = "loss_terms"  # engine output key holding the named loss terms
 TEACHER_AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+# the channels-last memory format of a batch, by its number of dimensions
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def _channels_last_format(network: torch.nn.Module) -> torch.memory_format:
+    """``torch.channels_last_3d`` for a network with 5-D (3D convolution) weights, else ``torch.channels_last``."""
+    volumetric = any(p.ndim == 5 for p in network.parameters())
+    return torch.channels_last_3d if volumetric else torch.channels_last
+
+
 def _autocast_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
     """``teacher_autocast`` as a dtype: ``None``, ``"bfloat16"`` (``torch.bfloat16``) or ``"float16"``."""
     if value is None:
@@ -64,8 +74,9 @@ class DistillationTrainer(SupervisedTrainer):
       bfloat16 keeps the teacher's logits and features within 3 % of their largest float32 magnitude, 98 % of the
       pixels' argmax and the total loss within 1 % (tests/engines). For GPUs and CPUs with native bfloat16 (AMX,
       AVX512-BF16); elsewhere it is emulated and slower. float16 is for CUDA only.
-    - ``channels_last``: both networks and the input batch in ``torch.channels_last`` memory format (set once at
-      construction; with DDP, wrap a network that is already channels-last). The teacher's logits and features come
+    - ``channels_last``: both networks and the input batch in ``torch.channels_last`` memory format
+      (``torch.channels_last_3d`` for 3D networks and volumes; set once at construction; with DDP, wrap a network
+      that is already channels-last). The teacher's logits and features come
       out channels-last too, which also makes the losses' per-pixel work over classes and channels (argmax,
       bilinear resizing) faster.
     - ``compile`` / ``compile_kwargs`` (``SupervisedTrainer`` arguments): ``torch.compile`` the teacher as well as the
@@ -86,7 +97,8 @@ class DistillationTrainer(SupervisedTrainer):
     Args:
         device: device to train on.
         max_epochs: number of epochs.
-        train_data_loader: loader of 2D training batches (``image``: B, 1, H, W; ``label``: B, 1, H, W).
+        train_data_loader: loader of training batches: slices (``image``, ``label``: B, 1, H, W) for 2D networks,
+            patches (B, 1, D, H, W) for 3D ones.
         network: the student.
         optimizer: optimiser of the student's parameters.
         loss_function: callable ``(student_logits, teacher_logits, target, student_features, teacher_features)``
@@ -140,8 +152,8 @@ class DistillationTrainer(SupervisedTrainer):
             warnings.warn("teacher_autocast='float16' on CPU is emulated and slow; use 'bfloat16'.", stacklevel=2)
         self.channels_last = channels_last
         if channels_last:  # in place: the optimiser keeps the same parameter objects
-            unwrap_network(network).to(memory_format=torch.channels_last)
-            teacher.to(memory_format=torch.channels_last)
+            for module in (unwrap_network(network), teacher):
+                module.to(memory_format=_channels_last_format(module))
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -185,8 +197,8 @@ class DistillationTrainer(SupervisedTrainer):
         """The batch as the networks take it: a plain tensor when compiled (pytorch#117026), channels-last if set."""
         if self.compile and isinstance(inputs, MetaTensor):
             inputs = inputs.as_tensor()
-        if self.channels_last and inputs.ndim == 4:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        if self.channels_last and inputs.ndim in _CHANNELS_LAST:
+            inputs = inputs.contiguous(memory_format=_CHANNELS_LAST[inputs.ndim])
         return inputs
 
     def teacher_forward(self, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, dict]:
