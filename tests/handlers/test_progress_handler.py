@@ -104,3 +104,17 @@ def test_short_epochs_and_gpus_get_no_estimate(monkeypatch):
 def test_estimate_arguments_are_checked():
     with pytest.raises(ValueError, match="min_iterations >= 1"):
         TimeEstimateHandler("cpu", min_iterations=0)
+
+
+def test_a_fresh_start_is_not_logged_as_a_resume(caplog):
+    engine = Engine(lambda e, batch: None)
+    engine.state.max_epochs = 2  # as MONAI's workflow sets it before the run: ignite then words the start a resume
+    ProgressHandler("train", bar=False).attach(engine)
+    with caplog.at_level(logging.INFO):
+        engine.run([1, 2], max_epochs=2)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "Engine run starting: 2 epochs" in messages and not any("resuming" in m for m in messages)
+    engine.state.max_epochs = 3  # a real resume, from the end of epoch 2, keeps ignite's wording
+    with caplog.at_level(logging.INFO):
+        engine.run([1, 2], max_epochs=3)
+    assert any(r.getMessage().startswith("Engine run resuming from iteration 4, epoch 2") for r in caplog.records)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -19,6 +21,20 @@ else:
     Engine, _ = optional_import("ignite.engine", name="Engine")
 
 __all__ = ["ProgressHandler", "TimeEstimateHandler", "format_duration"]
+
+_FRESH_START = re.compile(r"Engine run resuming from iteration 0, epoch 0 until (\d+ (?:epochs|iterations))$")
+
+
+class _FreshStartWording(logging.Filter):
+    """ignite words the start of every MONAI training "Engine run resuming from iteration 0, epoch 0 until N epochs"
+    (MONAI's workflow sets the state's ``max_epochs`` before the run, which ignite takes for a resume): a fresh start
+    is logged as "Engine run starting: N epochs"; a real resume keeps its wording."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = _FRESH_START.match(record.getMessage())
+        if found:
+            record.msg, record.args = f"Engine run starting: {found[1]}", ()
+        return True
 
 
 class ProgressHandler:
@@ -59,7 +75,9 @@ class ProgressHandler:
         self._start = 0.0
 
     def attach(self, engine: Engine) -> None:
-        """Register the bar's (or the lines') steps on ``engine``."""
+        """Register the bar's (or the lines') steps on ``engine``; a fresh start is no longer logged as a resume."""
+        if not any(isinstance(f, _FreshStartWording) for f in engine.logger.filters):
+            engine.logger.addFilter(_FreshStartWording())
         if not (self.bar or self.log_every):
             return
         engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
