@@ -109,3 +109,45 @@ def test_dashboard_figures_of_a_store(dashboard, tmp_path, capsys):
     assert capsys.readouterr().out.split() == ["wrote", str(out), "wrote", str(overlay)]
     assert out.read_bytes()[:8] == overlay.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.parent.iterdir()) == ["dashboard.png", "overlay.png"]  # nothing else left
+
+
+def test_comparison_view_of_a_store(dashboard, tmp_path, capsys):
+    """``python tools/dashboard.py --comparison-run``: the comparison logged to the summary run, its page pictured."""
+    from mlflow import MlflowClient
+
+    from tools.dashboard import main
+
+    _, root = dashboard
+    store = tmp_path / "mlruns.db"
+    store.write_bytes((root / "output" / "mlruns.db").read_bytes())  # the fixture's store stays as it is
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    teacher = client.search_runs(
+        [client.get_experiment_by_name("mskd_synapse").experiment_id],
+        filter_string=f"attributes.run_name = '{RUN}-test'",
+    )[0]
+    # the student alone's evaluation, on the teacher's test set: the same params, its own metrics
+    alone = client.create_run(
+        teacher.info.experiment_id,
+        run_name="tiny_unet-baseline-s0-test",
+        tags={"role": "student", "network": "tiny_unet", "teacher": "unet", "student": "tiny_unet", "task": "synapse"},
+    ).info.run_id
+    for key in ("dataset_dir", "data_format", "image_size"):
+        client.log_param(alone, key, teacher.data.params[key])
+    for key, value in teacher.data.metrics.items():
+        if key.startswith("test_"):
+            client.log_metric(alone, key, value / 2)
+    client.set_terminated(alone)
+    shot = tmp_path / "comparison.png"
+    argv = ["--store", str(store), "--out", str(tmp_path / "runs.png")]
+    assert main([*argv, "--comparison-run", "tiny_unet-baseline-s0-test", "--comparison-out", str(shot)]) == 0
+    out = capsys.readouterr().out
+    assert "| organ | teacher unet (1) | tiny_unet alone (1) |" in out and out.endswith(f"wrote {shot}\n")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (summary,) = client.search_runs([teacher.info.experiment_id], filter_string="tags.role = 'summary'")
+    assert summary.info.run_name == "compare-tiny_unet-from-unet"
+    assert sorted(a.path for a in client.list_artifacts(summary.info.run_id)) == [
+        "comparison-tiny_unet.md",
+        "comparison-tiny_unet.png",
+    ]
+    with pytest.raises(SystemExit):  # a teacher no student was distilled from has nothing to compare with
+        main([*argv, "--comparison-run", f"{RUN}-test", "--comparison-out", str(shot)])

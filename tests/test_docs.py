@@ -57,6 +57,12 @@ COVERED: dict[str, Covered] = {
         "tests/test_dashboard.py::test_dashboard_figures_of_a_store",
         "the same command on the store of a tiny run (the demo's store exists after `make demo`)",
     ),
+    "python tools/dashboard.py --store experiments/phantom_v2/output/mlruns.db --experiment mskd_phantom_v2 --out "
+    "/tmp/runs.png --comparison-run espnet_from_unet-default-c1-s0-test --comparison-out "
+    "docs/figures/comparison.png": Covered(
+        "tests/test_dashboard.py::test_comparison_view_of_a_store",
+        "the same options on the store of a tiny run (the benchmark's store exists after its experiment has run)",
+    ),
     "make bench": Covered(
         "tests/benchmarks/test_benchmarks.py::test_quick_run_writes_results_and_doc_section",
         "the full measurement takes many minutes and rewrites docs/; every script is run at --quick",

@@ -8,6 +8,14 @@ pages of a tiny run with it; the command line pictures a store's dashboard for t
     python tools/dashboard.py --store demo/output/mlruns.db --out docs/figures/dashboard.png \\
         --overlay-run tiny_unet_from_unet-mskd-s0-test --overlay-out docs/figures/overlay.png
 
+and the comparison view of an evaluation (teacher, student alone and distilled side by side, logged to the
+experiment's summary run as the bundles' ``ComparisonHandler`` does after every evaluation), pictured on that run's
+page::
+
+    python tools/dashboard.py --store experiments/phantom_v2/output/mlruns.db --experiment mskd_phantom_v2 \\
+        --out /tmp/runs.png --comparison-run espnet_from_unet-default-c1-s0-test \\
+        --comparison-out docs/figures/comparison.png
+
 A tool, not part of the ``mskd`` package (it needs Chromium, which the package does not).
 """
 
@@ -178,6 +186,35 @@ def render(
     return page_text(proc.stdout)
 
 
+def _log_comparison(client: object, experiment_id: str, run_name: str, work: Path) -> tuple[str, str] | None:
+    """Log the comparison view of the evaluation run ``run_name`` (``mskd.tracking.comparison.log_comparison``) and
+    return its summary run's id and figure; ``None`` without such a run, or with nothing to compare it with (a
+    teacher no student was distilled from)."""
+    from mskd.data.labels import organ_names
+    from mskd.tracking.comparison import log_comparison, summary_run_name
+
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.run_name = '{run_name}' and metrics.test_mean_dice >= 0",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        return None
+    tags = runs[0].data.tags
+    teacher, student = tags["teacher"], (tags.get("student") if tags.get("role") == "student" else None)
+    tables = log_comparison(client, runs[0], teacher, student, organ_names(tags.get("task", "synapse")), work)
+    if not tables:
+        return None
+    for table in tables.values():
+        print(table, end="\n\n")
+    name = next(iter(tables))
+    (summary,) = client.search_runs(
+        [experiment_id], filter_string=f"attributes.run_name = '{summary_run_name(teacher, name)}'"
+    )
+    return summary.info.run_id, f"comparison-{name}.png"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python tools/dashboard.py --store DB --out PNG [--overlay-run RUN --overlay-out PNG]`` (see the module doc)."""
     from mlflow import MlflowClient
@@ -193,12 +230,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--view", default="mskd", help="the shared runs-table view the bundle stores (default mskd)")
     parser.add_argument("--overlay-run", default=None, help="an evaluation run whose test overlay to copy")
     parser.add_argument("--overlay-out", default=None, help="where to copy it, e.g. docs/figures/overlay.png")
+    parser.add_argument("--comparison-run", default=None, help="an evaluation run whose comparison view to picture")
+    parser.add_argument("--comparison-out", default=None, help="its screenshot, e.g. docs/figures/comparison.png")
     args = parser.parse_args(argv)
     store = Path(args.store)
     if not store.is_file():
         parser.error(f"no MLflow store at {store}; run `make demo` first, or pass --store")
     if (args.overlay_run is None) != (args.overlay_out is None):
         parser.error("--overlay-run and --overlay-out go together")
+    if (args.comparison_run is None) != (args.comparison_out is None):
+        parser.error("--comparison-run and --comparison-out go together")
     client = MlflowClient(tracking_uri=f"sqlite:///{store.resolve()}")
     experiment = client.get_experiment_by_name(args.experiment)
     if experiment is None:
@@ -210,14 +251,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = f"http://127.0.0.1:{port}"
     work = out.parent / f".{out.stem}-chromium"  # profile and server log, removed afterwards
     work.mkdir(exist_ok=True)
+    summary = None
+    if args.comparison_run is not None:
+        summary = _log_comparison(client, experiment.experiment_id, args.comparison_run, work)
+        if summary is None:
+            parser.error(
+                f"no evaluation run {args.comparison_run!r} with test metrics in experiment {args.experiment!r}"
+            )
     try:
         with serve(mlflow_server(store, port), work / "server.log") as server:
             wait_until_up(base, server, work / "server.log")
             url = runs_url(base, experiment.experiment_id, view=args.view)
             render(url, out, work / "profile", size=(2200, 720))  # wide: the view's columns and the UI's side panel
+            if summary is not None:
+                run_id, artifact = summary
+                page = runs_url(base, experiment.experiment_id, run_id, path=f"artifacts/{artifact}")
+                render(page, args.comparison_out, work / "profile", size=(2000, 1250))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {out}")
+    if summary is not None:
+        print(f"wrote {args.comparison_out}")
     if args.overlay_run is not None:
         runs = client.search_runs(
             [experiment.experiment_id],

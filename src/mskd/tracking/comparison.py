@@ -39,7 +39,9 @@ __all__ = [
     "comparison_figure",
     "comparison_rows",
     "format_comparison",
+    "log_comparison",
     "summary_metrics",
+    "summary_run_name",
 ]
 
 SUMMARY_ROLE = "summary"
@@ -192,7 +194,7 @@ def format_comparison(rows: Sequence[ComparisonRow], organs: Sequence[str], titl
 
 
 def comparison_figure(rows: Sequence[ComparisonRow], organs: Sequence[str], title: str = "") -> Figure:
-    """Grouped bars per organ and the mean: Dice (left) and HD95 (right), one bar per model, mean ± std over seeds.
+    """Grouped bars per organ and the mean: Dice (top) and HD95 (bottom), one bar per model, mean ± std over seeds.
 
     The teacher is dark grey, the student alone light grey, the distilled students in colour.
 
@@ -209,8 +211,8 @@ def comparison_figure(rows: Sequence[ComparisonRow], organs: Sequence[str], titl
     tab = colormaps["tab10"]
     colours = {"teacher": "#404040", "alone": "#bdbdbd"}
     width = 0.8 / len(rows)
-    fig = Figure(figsize=(max(9.0, 0.9 * len(names) * max(1, len(rows) / 3) + 3.0), 4.6), layout="constrained")
-    axes = fig.subplots(1, 2)
+    fig = Figure(figsize=(12.0, 8.0), layout="constrained")
+    axes = fig.subplots(2, 1)
     for ax, (metric, label) in zip(axes, (("dice", "Dice"), ("hd95", "HD95 (mm)")), strict=True):
         for i, row in enumerate(rows):
             colour = colours.get(row.kind) or tab(methods.index(row) % 10)
@@ -233,7 +235,7 @@ def comparison_figure(rows: Sequence[ComparisonRow], organs: Sequence[str], titl
             ax.set_ylim(0.0, 1.05)
         ax.set_title(f"{label}: mean ± std over seeds", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower left")
+    axes[0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     if title:
         fig.suptitle(title, fontsize=11)
     return fig
@@ -290,51 +292,84 @@ class ComparisonHandler(RunArtefactHandler):
         for table in self.tables.values():
             print(f"\n{table}\n", flush=True)
 
-    def _students(self, client: Any, experiment_id: str) -> list[str]:
-        if self.student is not None:
-            return [self.student]
-        suffix = f"_from_{self.teacher}"
-        runs = client.search_runs([experiment_id], filter_string=f"tags.teacher = '{self.teacher}'", max_results=5000)
-        networks = {r.data.tags.get("network", "") for r in runs}
-        return sorted(n.removesuffix(suffix) for n in networks if n.endswith(suffix))
-
     def _compare(self) -> dict[str, str]:
         client = self.mlflow.client
         reference = client.get_run(self.mlflow.run_id())
-        experiment_id = reference.info.experiment_id
-        tables = {}
-        for student in self._students(client, experiment_id):
-            rows = comparison_rows(client, experiment_id, reference, self.teacher, student, self.organs, self.prefix)
-            if not rows:
-                continue
-            title = f"{student} distilled from {self.teacher}"
-            tables[student] = format_comparison(rows, self.organs, title)
-            self._log(client, experiment_id, student, rows, tables[student], title)
-        return tables
+        return log_comparison(
+            client, reference, self.teacher, self.student, self.organs, self.output_dir, self.prefix, self.dpi
+        )
 
-    def _log(
-        self, client: Any, experiment_id: str, student: str, rows: Sequence[ComparisonRow], table: str, title: str
-    ) -> None:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        md, png = self.output_dir / f"comparison-{student}.md", self.output_dir / f"comparison-{student}.png"
-        md.write_text(table + "\n")
-        save_figure(comparison_figure(rows, self.organs, title), png, self.dpi)
-        name = f"compare-{student}-from-{self.teacher}"
-        found = client.search_runs([experiment_id], filter_string=f"attributes.run_name = '{name}'", max_results=1)
+
+def log_comparison(
+    client: Any,
+    reference: Any,
+    teacher: str,
+    student: str | None,
+    organs: Sequence[str],
+    output_dir: str | os.PathLike,
+    prefix: str = "test",
+    dpi: float = 100.0,
+) -> dict[str, str]:
+    """What :class:`ComparisonHandler` does at the end of an evaluation, for the evaluation run ``reference``.
+
+    For ``student`` (every student distilled from ``teacher`` in the experiment when ``None``): the rows
+    (:func:`comparison_rows`), the table (:func:`format_comparison`) and the figure (:func:`comparison_figure`)
+    written to ``<output_dir>/comparison-<student>.md`` and ``.png`` and logged, with :func:`summary_metrics`, to the
+    summary run ``compare-<student>-from-<teacher>`` (created on first use; each comparison a new step).
+
+    Args:
+        client: an ``mlflow.MlflowClient``.
+        reference: the evaluation run (an ``mlflow.entities.Run``).
+        teacher, student: the pair compared.
+        organs: the organ names of the per-organ metrics.
+        output_dir: folder of the table and the figure (created when needed).
+        prefix: the test metrics' prefix.
+        dpi: the figure's resolution.
+
+    Returns:
+        student -> table, for every student with at least one evaluated model.
+    """
+    experiment_id = reference.info.experiment_id
+    if student is None:
+        suffix = f"_from_{teacher}"
+        runs = client.search_runs([experiment_id], filter_string=f"tags.teacher = '{teacher}'", max_results=5000)
+        networks = {r.data.tags.get("network", "") for r in runs}
+        students = sorted(n.removesuffix(suffix) for n in networks if n.endswith(suffix))
+    else:
+        students = [student]
+    output_dir = Path(output_dir)
+    tables = {}
+    for name in students:
+        rows = comparison_rows(client, experiment_id, reference, teacher, name, organs, prefix)
+        if not rows:
+            continue
+        title = f"{name} distilled from {teacher}"
+        tables[name] = format_comparison(rows, organs, title)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        md, png = output_dir / f"comparison-{name}.md", output_dir / f"comparison-{name}.png"
+        md.write_text(tables[name] + "\n")
+        save_figure(comparison_figure(rows, organs, title), png, dpi)
+        run_name = summary_run_name(teacher, name)
+        found = client.search_runs([experiment_id], filter_string=f"attributes.run_name = '{run_name}'", max_results=1)
         if found:
             summary = found[0].info.run_id
             step = int(found[0].data.metrics.get("comparisons", 0))
         else:
-            tags = {"role": SUMMARY_ROLE, "teacher": self.teacher, "student": student}
-            summary = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+            tags = {"role": SUMMARY_ROLE, "teacher": teacher, "student": name}
+            summary = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
             step = 0
-        metrics = summary_metrics(rows)
-        metrics["comparisons"] = step + 1
+        metrics = {**summary_metrics(rows), "comparisons": step + 1}
         for key, value in metrics.items():
             client.log_metric(summary, key, value, step=step + 1)
         for path in (md, png):
             client.log_artifact(summary, os.fspath(path))
         client.set_terminated(summary, "FINISHED")
+    return tables
+
+
+def summary_run_name(teacher: str, student: str) -> str:
+    """The summary run of a teacher-student pair: ``compare-<student>-from-<teacher>``."""
+    return f"compare-{student}-from-{teacher}"
 
 
 def summary_metrics(rows: Sequence[ComparisonRow]) -> dict[str, float]:
