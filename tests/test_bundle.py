@@ -73,3 +73,43 @@ def test_the_configs_run_code_warning_is_said_once_per_bundle(monkeypatch):
         "(MONAI advisory GHSA-873f-pvrv-4x83)"
     ]
     assert not [m for m in messages if m.startswith("parsing config_file")]
+
+
+# what each stack's pre-flight builds (mskd.validation.preflight): the ids of bundle.PREFLIGHT its run uses
+BUILT = {
+    "teacher": {"organs", "num_classes", "hu_window", "datalist", "split", "validate#datalist", "seg_loss", "loss"}
+    | {"teacher_def"},
+    "baseline": {"organs", "num_classes", "hu_window", "datalist", "split", "validate#datalist", "seg_loss", "loss"}
+    | {"student_def", "network_def"},
+    "mskd": {"organs", "num_classes", "hu_window", "datalist", "split", "validate#datalist", "seg_loss", "loss"}
+    | {"teacher_def", "student_def", "network_def", "teacher_outputs_in_force", "teacher_taps", "student_taps"}
+    | {"teacher_network"},
+    "mskd+evaluate": {"organs", "num_classes", "hu_window", "validate#datalist", "seg_loss", "loss"}
+    | {"teacher_def", "student_def", "network_def", "teacher_outputs_in_force", "teacher_taps", "student_taps"}
+    | {"teacher_network", "network"},
+    "inference": {"num_classes", "data_format", "hu_window", "datalist", "network_def", "network"},
+}
+
+
+@pytest.mark.parametrize("name", ["mskd_synapse", "mskd_kits"])
+@pytest.mark.parametrize("stack", list(BUILT))
+def test_the_pre_flight_tables_name_the_ids_each_stack_uses(name, stack):
+    """``bundle.PREFLIGHT`` and its neighbours name config ids: a bundle that renames one must update them, or its
+    pre-flight silently checks less. The evaluation of the distilled student also loads the teacher (its overlays)."""
+    from mskd import bundle as tables
+    from mskd.validation import _References
+
+    files = {"mskd+evaluate": Bundle.stack("mskd", evaluate=True), "inference": (INFERENCE,)}.get(stack)
+    parser = Bundle(BUNDLES / name).parser(files or Bundle.stack(stack))
+    parser.parse()
+    refs = _References(parser)
+    used = refs.uses(*tables.USED_FROM)
+    built = set()
+    for step in tables.PREFLIGHT:
+        if step.id in used and any(r == step.id or r in refs.uses(step.id) for r in step.reported_as):
+            built.add(step.id)
+    assert built == BUILT[stack]
+    assert any(isinstance(parser[i], dict) and parser[i].get("_target_") == tables.LOADER for i in used)
+    assert any(d in used for d in tables.DATALISTS) and {c.loader for c in tables.CHECKPOINTS} <= set(
+        tables.NETWORKS
+    ) | {s.id for s in tables.PREFLIGHT}

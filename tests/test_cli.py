@@ -372,6 +372,50 @@ def test_an_error_is_reported_by_its_innermost_message_in_one_line(error, expect
     assert capsys.readouterr().err == f"mskd train-teacher: error: {expected}\n"
 
 
+REFUSED = [
+    ("dataset_dir", "dataset folder not found: /none", None, None),
+    ("image_size", "teacher checkpoint t.pt was trained on 96x96 slices, this run uses 224x224", None, 96),
+    ("loss", "term 'kd': weight must be finite and >= 0, got -0.1.", None, None),
+    ("dataset_dir", "cannot be read (EOFError: ...)", "/data/img.nii.gz", None),
+]
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (
+            ["train-teacher"],
+            [
+                "--dataset-dir: dataset folder not found: /none",
+                "--image-size: teacher checkpoint t.pt was trained on 96x96 slices, this run uses 224x224; pass "
+                "--image-size 96",
+                "loss: term 'kd': weight must be finite and >= 0, got -0.1.",  # no flag: the config id, for --set
+                "/data/img.nii.gz: cannot be read (EOFError: ...)",
+            ],
+        ),
+    ],
+)
+def test_problems_of_the_pre_flight_are_listed_on_the_commands_flags_with_exit_2(argv, expected, monkeypatch, capsys):
+    """The problems are found in the bundle (:mod:`mskd.validation`), by config id; the command names its flags."""
+    from mskd.validation import Problem, ValidationError
+
+    refused = ValidationError([Problem(i, m, file=f, value=v) for i, m, f, v in REFUSED])
+    fake_workflows(monkeypatch, wrapped(refused, "from"))
+    assert main([*argv, "--bundle", BUNDLE]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["mskd: 4 problem(s) found before starting:", *(f"  - {line}" for line in expected)]
+
+
+def test_an_unusable_tracking_store_is_one_line_and_exit_2(monkeypatch, capsys):
+    """``mskd.tracking.open_run`` raises (a library never exits); the command reports it in one line, status 2."""
+    from mskd.tracking import TrackingError
+
+    message = "MLflow tracking store 'http://127.0.0.1:9' is unreachable or invalid (refused); fix --tracking_uri"
+    fake_workflows(monkeypatch, wrapped(TrackingError(message), "from"))
+    assert main(["train-teacher", "--bundle", BUNDLE]) == 2
+    assert capsys.readouterr().err == f"mskd train-teacher: error: {message}\n"
+
+
 def test_a_message_written_by_mskd_is_reported_rather_than_its_cause(tmp_path, monkeypatch, capsys):
     from mskd.io import load_checkpoint
 

@@ -67,10 +67,10 @@ def test_the_student_and_its_size_come_from_the_checkpoint(ct, student, override
     ],
 )
 def test_a_setting_the_checkpoint_was_not_trained_with_is_refused(ct, student, tmp_path, given, expected):
-    """The bundle's own check (run once, as its first ``initialize`` step) refuses it, naming this command's flag."""
+    """The bundle's pre-flight (its first ``initialize`` step) refuses it; the line names this command's flag."""
     with pytest.raises(ValidationError) as info:
         predict(BUNDLE, ct, tmp_path / "out", checkpoint=student, **given)
-    assert info.value.problems == [expected.format(ckpt=student)]
+    assert info.value.lines == [expected.format(ckpt=student)]
     assert not (tmp_path / "out").exists()  # nothing ran
 
 

@@ -5,6 +5,10 @@ runner's subprocesses, ``make demo``) goes through :class:`Bundle`, so that the 
 (``metadata.json``, ``logging.conf``, ``bundle_root``) and the way a workflow is built live in one place. A run in
 this process is what ``python -m monai.bundle run`` does with the same files and overrides
 (``monai.bundle.create_workflow``, ``run``, ``finalize``).
+
+The bundle's config ids that the pre-flight (:func:`mskd.validation.preflight`) builds and reads are named here too
+(:data:`PREFLIGHT`, :data:`CHECKPOINTS`, :data:`NETWORKS`, :data:`DATALISTS`): which components a run uses, and the
+config id each one's failure is reported under.
 """
 
 from __future__ import annotations
@@ -15,11 +19,26 @@ import os
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EVALUATE", "INFERENCE", "STACKS", "Bundle"]
+__all__ = [
+    "CHECKPOINTS",
+    "DATALISTS",
+    "EVALUATE",
+    "INFERENCE",
+    "LOADER",
+    "NETWORKS",
+    "OUTPUT_DIRS",
+    "PREFLIGHT",
+    "STACKS",
+    "USED_FROM",
+    "Bundle",
+    "CheckpointInput",
+    "Component",
+]
 
 # method (the bundle's `method` value) -> the config files that train it, as a user stacks them
 STACKS: dict[str, tuple[str, ...]] = {
@@ -30,6 +49,90 @@ STACKS: dict[str, tuple[str, ...]] = {
 EVALUATE = "evaluate.json"  # stacked on a training stack, it evaluates that stack's model on the test cases
 INFERENCE = "inference.json"  # a stack of its own: segment new volumes with the bundle's student
 _TRUSTED: set[Path] = set()  # bundles whose "configs run code" warning this process has shown
+
+
+# --- what the pre-flight (mskd.validation.preflight) builds and reads, by config id ---------------------------------
+# It looks only at what the stack's run uses: the ids that `initialize` and `run` reference, directly or through
+# other ids (a distillation builds the teacher, an evaluation reads the test cases, inference the input).
+USED_FROM = ("initialize", "run")
+
+
+@dataclass(frozen=True)
+class Component:
+    """A component the pre-flight builds from the config, in :data:`PREFLIGHT` order; its constructor holds its
+    constraints, and an exception it raises is reported as a problem of one config id.
+
+    Attributes:
+        id: the config id built.
+        reported_as: the config ids a failure may be reported under: the first that ``id`` is or uses (directly or
+            through other ids); a stack whose ``id`` uses none of them does not build it here (``network`` is the
+            evaluated checkpoint's loader only where it uses ``ckpt_path``).
+        exclusive: a failure means the reported value is wrong: later components that use it are not built (a bad
+            ``teacher`` is reported once, not again by the taps); ``False`` where several components check one value
+            each for their own network (``distill_stages``).
+        context: what the component is, put before its message where the message does not say; ``{id}`` is the
+            value of a config id (``{teacher}, teacher_kwargs {teacher_kwargs}``); ``None`` for none.
+    """
+
+    id: str
+    reported_as: tuple[str, ...]
+    exclusive: bool = True
+    context: str | None = None
+
+
+PREFLIGHT: tuple[Component, ...] = (
+    Component("organs", ("task",)),
+    Component("num_classes", ("task",)),
+    Component("data_format", ("input",)),  # inference: the input's format
+    Component("hu_window", ("data_format",)),
+    Component("datalist", ("input", "dataset_dir")),
+    Component("split", ("num_val_cases",)),
+    Component("validate#datalist", ("dataset_dir",)),
+    Component("seg_loss", ("seg_loss",)),
+    Component("loss", ("loss",)),
+    Component("teacher_def", ("teacher",), context="{teacher}, teacher_kwargs {teacher_kwargs}"),
+    Component("student_def", ("student",), context="{student}, student_kwargs {student_kwargs}"),
+    # inference builds its student here
+    Component("network_def", ("student",), context="{student}, student_kwargs {student_kwargs}"),
+    Component("teacher_outputs_in_force", ("teacher_outputs",)),
+    Component("teacher_taps", ("distill_stages",), exclusive=False, context="the teacher's taps"),
+    Component("student_taps", ("distill_stages",), exclusive=False, context="the student's taps"),
+    Component("teacher_network", ("teacher_ckpt",)),
+    Component("network", ("ckpt_path",)),
+)
+
+
+@dataclass(frozen=True)
+class CheckpointInput:
+    """A checkpoint a stack reads: checked against its own metadata (network, kwargs, classes, image size, run)
+    before the component that loads it is built.
+
+    Attributes:
+        path: the config id of the file.
+        loader: the component that loads it (one of :data:`PREFLIGHT`).
+        role: the network it holds, ``teacher`` or ``student`` (the config ids ``<role>`` and ``<role>_kwargs``
+            name it and its constructor arguments) ...
+        role_id: ... or the config id that holds the role, when the stack has it (``role``: an evaluation).
+        run_name: the config id of the run that must have written it, when the stack has it.
+    """
+
+    path: str
+    loader: str
+    role: str
+    role_id: str | None = None
+    run_name: str | None = None
+
+
+CHECKPOINTS: tuple[CheckpointInput, ...] = (
+    CheckpointInput("teacher_ckpt", "teacher_network", "teacher"),
+    CheckpointInput("ckpt_path", "network", "student", role_id="role", run_name="model_run_name"),
+)
+# the networks built, by config id -> the role whose config id names it; each must take `image_size` slices
+NETWORKS = {"teacher_def": "teacher", "student_def": "student", "network_def": "student"}
+# the cases the run reads: the first of these datalists it uses (the training cases, else the test cases or inputs)
+DATALISTS = ("datalist", "validate#datalist")
+LOADER = "mskd.data.LoadCased"  # the `_target_` of the loading transform the cases are read with
+OUTPUT_DIRS = ("output_dir", "ckpt_dir")  # folders the run writes to
 
 
 class Bundle:

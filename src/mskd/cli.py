@@ -451,41 +451,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _chain(error: BaseException) -> list[BaseException]:
-    """``error`` and the exceptions it was raised from (``__cause__``, else an unsuppressed ``__context__``)."""
-    chain = [error]
-    while True:
-        last = chain[-1]
-        inner = last.__cause__ if last.__cause__ is not None or last.__suppress_context__ else last.__context__
-        if inner is None or any(inner is e for e in chain):
-            return chain
-        chain.append(inner)
+def _bundle_flags() -> dict[str, Any]:
+    """Config id -> the flag of the workflow commands that sets it, for their problem lines (``--dataset-dir: ...``);
+    a config id without a flag (set with ``--set``) is shown as it is."""
+    from mskd.validation import Flag
 
-
-def _raised_by_mskd(error: BaseException) -> bool:
-    """Whether ``error`` was raised in mskd's own code (the last frame of its traceback is in the package)."""
-    tb = error.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    name = tb.tb_frame.f_globals.get("__name__", "")
-    return name == "mskd" or name.startswith("mskd.")
-
-
-def _one_line(error: BaseException) -> str:
-    """The message that reports ``error`` in one line.
-
-    It is that of the outermost exception of the chain raised by mskd's own code (a message written to say what to
-    fix, which MONAI's "Failed to instantiate component" and "Failed to evaluate ConfigExpression" wrap), else that
-    of the innermost (the root cause); its first line, after the type name when the message alone says too little.
-    """
-    chain = _chain(error)
-    reported = next((e for e in chain if _raised_by_mskd(e)), chain[-1])
-    text = next((line.strip() for line in str(reported).splitlines() if line.strip()), "")
-    if text and not isinstance(reported, KeyError):  # a KeyError's message is the bare key
-        return text
-    return f"{type(reported).__name__}: {text}" if text else type(reported).__name__
+    return {key: Flag(_flag(key)) for key in (*_WORKFLOW_FLAGS, *_TRAINING_FLAGS, "ckpt_dir")}
 
 
 @contextlib.contextmanager
@@ -511,16 +482,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``mskd``; returns the exit status: 0, 1 on an error, 2 on a refused command line, 130 on Ctrl-C.
 
     An error is reported in one line, with the project's own message from its exception chain (see
-    :func:`_one_line`). Problems found by the up-front checks (:mod:`mskd.validation`) are listed, one line each,
-    and exit with status 2, as do command lines that cannot be run (argparse's usage errors, an unknown ``--set``
-    key, an override that runs code without ``--allow-code``, and ``mskd bench`` outside a clone). Ctrl-C prints one
-    line. ``--debug`` (or ``MSKD_DEBUG=1``) raises every error, and the interrupt, with its traceback instead.
+    :func:`mskd.validation.describe`). Problems found by the up-front checks (:mod:`mskd.validation`) are listed,
+    one line each on the command's flags (``--dataset-dir: ...``), and exit with status 2, as do an MLflow store
+    that cannot be used (one line) and command lines that cannot be run (argparse's usage errors, an unknown
+    ``--set`` key, an override that runs code without ``--allow-code``, and ``mskd bench`` outside a clone). Ctrl-C
+    prints one line. ``--debug`` (or ``MSKD_DEBUG=1``) raises every error, and the interrupt, with its traceback
+    instead.
 
     Sets ``OMP_WAIT_POLICY=PASSIVE`` (unless already set) before torch loads: OpenMP threads that spin while they
     wait made a training step 3-6x slower on a busy 2-core machine, while passive ones cost nothing on an idle one.
     """
     os.environ.setdefault(OMP_WAIT_POLICY, "PASSIVE")
-    from mskd.validation import DEBUG_ENV, debug_enabled, format_problems, validation_error
+    from mskd.validation import DEBUG_ENV, debug_enabled, describe, format_problems, reported_error, validation_error
 
     args = build_parser().parse_args(argv)
     debug = args.debug or debug_enabled()
@@ -545,10 +518,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         refused = validation_error(e)
         if refused is not None:
-            print(format_problems(refused.problems), file=sys.stderr)
+            flags = refused.flags or (_bundle_flags() if args.func in (_train, _evaluate) else {})
+            print(format_problems(refused.problems, flags), file=sys.stderr)
             return 2
-        print(f"mskd {args.command}: error: {_one_line(e)}", file=sys.stderr)
-        return 1
+        from mskd.tracking import TrackingError
+
+        print(f"mskd {args.command}: error: {describe(e)}", file=sys.stderr)
+        return 2 if isinstance(reported_error(e), TrackingError) else 1
     finally:
         if previous is None:
             os.environ.pop(DEBUG_ENV, None)

@@ -35,6 +35,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "atomic_open",
     "atomic_path",
+    "error_line",
     "load_checkpoint",
     "nonfinite_entry",
     "remove_stale_temporaries",
@@ -154,14 +155,16 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
         yield f
 
 
-def _first_line(error: BaseException) -> str:
-    """The informative part of an error message, on one line (torch's unpickler errors wrap it in paragraphs)."""
+def error_line(error: BaseException, limit: int = 240, lines: int = 1) -> str:
+    """An error's message on one line: its first non-empty line (or first ``lines`` of them, joined), whitespace
+    collapsed, at most ``limit`` characters (SQLAlchemy's messages go on with the SQL and a link; torch's unpickler
+    wraps the reason in paragraphs, and that reason is the line kept); the type name when the message is empty."""
     text = str(error)
     unpickler = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", text, flags=re.DOTALL)
     if unpickler is not None:
         text = unpickler.group(1)
-    line = next((line for line in text.splitlines() if line.strip()), "")
-    return " ".join(line.split())[:200] or type(error).__name__
+    kept = [line for line in text.splitlines() if line.strip()][:lines]
+    return " ".join(" ".join(kept).split())[:limit] or type(error).__name__
 
 
 def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint", mmap: bool = False) -> Any:
@@ -193,14 +196,14 @@ def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint", mmap: boo
         # torch's message for a refused class or function is several paragraphs; one line names it
         refused = re.search(r"GLOBAL ([\w.]+)", str(e))
         if refused is None:  # not a pickle of PyTorch's kind at all
-            raise ValueError(f"{what} {path} is not a readable PyTorch checkpoint: {_first_line(e)}") from e
+            raise ValueError(f"{what} {path} is not a readable PyTorch checkpoint: {error_line(e)}") from e
         raise UnsafeCheckpointError(
             f"{what} {path} holds pickled Python objects, not only tensors and plain values (it needs "
             f"{refused.group(1)}); mskd does not unpickle checkpoints, since that runs code chosen by whoever wrote "
             "the file. Save weights with torch.save(model.state_dict(), path)"
         ) from e
     except Exception as e:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"{what} {path} is not a readable PyTorch checkpoint: {_first_line(e)}") from e
+        raise ValueError(f"{what} {path} is not a readable PyTorch checkpoint: {error_line(e)}") from e
 
 
 def nonfinite_entry(state: Any, prefix: str = "") -> str | None:

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from mskd.data.datalist import get_datalist, input_format
+from mskd.validation import Flag, ValidationError, validation_error
 
-__all__ = ["predict"]
+__all__ = ["FLAGS", "predict"]
 
 
 def predict(
@@ -44,28 +45,25 @@ def predict(
 
     Raises:
         FileNotFoundError: when the bundle does not exist.
-        mskd.validation.ValidationError: every problem found by the bundle's checks
-            (:func:`mskd.validation.inference_problems`: an input that is missing, not NIfTI, unreadable, not 3D or
-            holds NaN; a folder with several DICOM series; a student checkpoint that is missing, unreadable, of
-            another network or class count, or trained at another image size than ``image_size``), each naming the
-            flag to change (``--ckpt-path: ...``); nothing is written.
+        mskd.validation.ValidationError: every problem found by the bundle's pre-flight
+            (:func:`mskd.validation.preflight`: an input that is missing, unreadable, not one 3D volume, holds NaN or
+            is not CT in HU; a folder with several DICOM series; a student checkpoint that is missing, unreadable,
+            of another network or class count, or trained at another image size than ``image_size``), each on
+            this command's flag (``--ckpt-path: ...``, :data:`FLAGS`); nothing is written.
     """
     from mskd.bundle import INFERENCE, Bundle
-    from mskd.validation import ValidationError, validation_error
 
     bundle = Bundle(bundle)
     checkpoint = Path(checkpoint) if checkpoint is not None else bundle.root / "models" / "model.pt"
     overrides = {"input": str(input), "output_dir": str(output), "ckpt_path": str(checkpoint)}
     overrides.update(_student_settings(checkpoint, student, image_size))
-    # the bundle's own checks (its first `initialize` step) phrase their fixes with this command's flags
-    overrides["checks#flags"] = _FROM_CHECKPOINT
     try:
         bundle.run((INFERENCE,), **overrides)
     except Exception as e:
         refused = validation_error(e)
         if refused is None:
             raise
-        raise ValidationError([_as_flag(p) for p in refused.problems]) from None
+        raise ValidationError(refused.problems, FLAGS) from None
     data_format = input_format(input)
     written = []
     for case in get_datalist(data_format, input):
@@ -93,23 +91,17 @@ def _student_settings(checkpoint: Path, student: str | None, image_size: int | N
     return {key: value for key, value in settings.items() if value is not None}
 
 
-# config keys of inference.json that problem lines start with -> the `mskd predict` flag to change instead
-_FLAGS = {
-    "input": "--input",
-    "ckpt_path": "--ckpt-path",
-    "student": "--student",
-    "student_kwargs": "--student",
-    "image_size": "--image-size",
-    "num_classes": "--bundle",  # the class count is the bundle's task
+_FROM_CHECKPOINT = "the checkpoint's"  # what predict uses for a flag left out
+# config id of inference.json -> the `mskd predict` flag that sets it (the problems of the pre-flight name these)
+FLAGS: dict[str, Flag] = {
+    "input": Flag("--input"),
+    "output_dir": Flag("--output-dir"),
+    "ckpt_path": Flag("--ckpt-path"),
+    "student": Flag("--student", _FROM_CHECKPOINT),
+    "image_size": Flag("--image-size", _FROM_CHECKPOINT),
+    "num_classes": Flag("--bundle"),  # the class count is the bundle's task
+    "task": Flag("--bundle"),
 }
-# ... and those of them that default to the checkpoint's
-_FROM_CHECKPOINT = {key: _FLAGS[key] for key in ("student", "image_size")}
-
-
-def _as_flag(problem: str) -> str:
-    """A problem line naming the ``mskd predict`` flag instead of the config key (``--ckpt-path: ...``)."""
-    key, sep, rest = problem.partition(": ")
-    return f"{_FLAGS[key]}: {rest}" if sep and key in _FLAGS else problem
 
 
 def _stem(path: str, output: str | os.PathLike) -> str:

@@ -80,7 +80,9 @@ def train(bundle: str | os.PathLike, method: str = "teacher", **overrides: Any) 
     Raises:
         ValueError: for an unknown ``method``.
         FileNotFoundError: when ``bundle`` is not a bundle.
-        SystemExit: with status 2 when the bundle's up-front checks find a problem (printed one per line).
+        RuntimeError: MONAI's wrapper of a :class:`mskd.validation.ValidationError` (its cause;
+            :func:`mskd.validation.validation_error` finds it) when the bundle's pre-flight finds a problem, or the
+            MLflow store cannot be used; nothing is trained.
     """
     from mskd.engines import loss_terms
 
@@ -144,7 +146,8 @@ def evaluate(bundle: str | os.PathLike, method: str = "mskd", **overrides: Any) 
     Raises:
         ValueError: for an unknown ``method``.
         FileNotFoundError: when ``bundle`` is not a bundle.
-        SystemExit: with status 2 when the bundle's up-front checks find a problem (a missing checkpoint among them).
+        RuntimeError: MONAI's wrapper of a :class:`mskd.validation.ValidationError` when the bundle's pre-flight
+            finds a problem (a missing checkpoint among them); nothing is evaluated.
     """
     workflow = Bundle(bundle).run(Bundle.stack(method, evaluate=True), **overrides)
     value = workflow.parser.get_parsed_content

@@ -236,7 +236,7 @@ def test_override_keeps_every_initialize_step_of_the_base():
     stacked = " ".join(_stack()["initialize"])
     for step in base["initialize"]:
         assert calls.search(step).group(1) in stacked, step
-    assert _stack()["initialize"][0] == base["initialize"][0] == "$mskd.validation.check_training(**@checks)"
+    assert _stack()["initialize"][0] == base["initialize"][0] == "$mskd.validation.preflight()"
     assert _stack()["initialize"][1] == "$mskd.distributed.init_process_group()"
     assert "$mskd.distributed.destroy_process_group()" in _stack()["finalize"]
 

@@ -1,4 +1,5 @@
-"""An MLflow store that cannot be used stops a bundle at start-up, in one line; ``--mlflow false`` trains without."""
+"""An MLflow store that cannot be used stops a bundle at start-up, reported as one problem of ``tracking_uri``;
+``--mlflow false`` trains without."""
 
 import pytest
 
@@ -26,8 +27,11 @@ def test_an_unusable_tracking_store_stops_before_training_in_one_line(data, tmp_
         BUNDLE, "train_teacher.json", args=[*data, *output_dirs(tmp_path), "--tracking_uri", uri], check=False
     )
     assert proc.returncode == 2
-    [line] = [line for line in proc.stderr.splitlines() if line.startswith("mskd:")]
-    assert line.startswith(f"mskd: MLflow tracking store {uri!r} is unreachable or invalid (") and line.endswith(FIX)
+    lines = proc.stderr.splitlines()
+    start = lines.index("mskd: 1 problem(s) found before starting:")  # the pre-flight's report, one problem
+    line = lines[start + 1]
+    assert line.startswith(f"  - tracking_uri: MLflow tracking store {uri!r} is unreachable or invalid (")
+    assert line.endswith(FIX)
     assert "Traceback" not in proc.stderr
     assert "Epoch" not in proc.stdout + proc.stderr  # nothing trained
     written = [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()]

@@ -21,7 +21,10 @@ from tests.data.fixtures import write_btcv, write_dicom_series, write_kits19, wr
 
 
 def _dataset(tmp_path, content):
-    (tmp_path / "dataset.json").write_text(json.dumps(content))
+    (tmp_path / "dataset.json").write_text(content if isinstance(content, str) else json.dumps(content))
+    for folder in ("imagesTr", "labelsTr"):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / "a.nii.gz").write_bytes(b"")  # the datalist checks that files exist, not what they hold
     return tmp_path
 
 
@@ -31,20 +34,36 @@ def test_msd_datalist_resolves_paths(tmp_path):
     assert item == {"image": str(root / "imagesTr/a.nii.gz"), "label": str(root / "labelsTr/a.nii.gz")}
 
 
+GOOD = {"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz"}
+
+
 @pytest.mark.parametrize(
     "content, key, error, message",
     [
         (None, "training", FileNotFoundError, "no dataset.json in"),
-        ({"training": []}, "training", ValueError, "the 'training' list of .* is empty"),
+        ("[1, 2", "training", ValueError, r"dataset.json: not valid JSON \(Expecting"),
+        ("[1, 2]", "training", ValueError, r"dataset.json: holds a JSON list, not an object with a 'training' list$"),
+        ({"training": []}, "training", ValueError, r"dataset.json: the 'training' list is empty or not a list$"),
+        ({"training": GOOD}, "training", ValueError, "the 'training' list is empty or not a list"),
+        ({"training": [GOOD]}, "test", ValueError, r"dataset.json: has no 'test' list; it has \['training'\]"),
         (
-            {"training": [{"image": "a", "label": "b"}]},
-            "test",
+            {"training": [GOOD, "a.nii.gz"]},
+            "training",
             ValueError,
-            r"has no 'test' list; it has \['training'\]",
+            r"dataset.json: training\[1\] is a str, not an \{'image': ..., 'label': ...\} object$",
+        ),
+        ({"training": [{"image": GOOD["image"]}]}, "training", ValueError, r"training\[0\] has no 'label' file name$"),
+        (
+            {"training": [GOOD, {"image": "x.nii", "label": "y.nii"}]},
+            "training",
+            ValueError,
+            r"dataset.json: training\[1\]: image file not found: .*x.nii; "
+            r"training\[1\]: label file not found: .*y.nii$",
         ),
     ],
 )
 def test_msd_datalist_errors(tmp_path, content, key, error, message):
+    """Every entry that is not an object naming existing files is named, in one error."""
     if content is not None:
         _dataset(tmp_path, content)
     with pytest.raises(error, match=message):
@@ -54,6 +73,9 @@ def test_msd_datalist_errors(tmp_path, content, key, error, message):
 def test_msd_datalist_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="dataset folder not found: .*absent .*mskd phantom"):
         msd_datalist(tmp_path / "absent")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="file is a file, not a dataset folder"):
+        msd_datalist(tmp_path / "file")
 
 
 def test_split_cases_is_reproducible_and_disjoint():
@@ -64,9 +86,17 @@ def test_split_cases_is_reproducible_and_disjoint():
     assert (train, val) == split_cases(cases, 3, seed=1)
 
 
-@pytest.mark.parametrize("num_val", [0, 4, -1])
-def test_split_cases_bad_count(num_val):
-    with pytest.raises(ValueError, match=f"got {num_val}"):
+@pytest.mark.parametrize(
+    "num_val, message",
+    [
+        (0, r"^0 validation case\(s\) of the 4 cases leave 4 to train on; it must be an integer in \[1, 3\]$"),
+        (4, r"^4 validation case\(s\) of the 4 cases leave 0 to train on"),
+        (-1, r"^-1 validation case\(s\)"),
+        ("2", r"^'2' validation case\(s\) of the 4 cases; it must be an integer in \[1, 3\]$"),
+    ],
+)
+def test_split_cases_bad_count(num_val, message):
+    with pytest.raises(ValueError, match=message):
         split_cases([{}] * 4, num_val)
 
 
@@ -335,7 +365,7 @@ def test_dicom_errors(tmp_path):
 
 @pytest.mark.parametrize("data_format", ["msd", "phantom", "synapse_npz", "btcv", "kits19", "dicom", "nifti"])
 def test_get_datalist_dispatches(tmp_path, data_format):
-    _dataset(tmp_path, {"training": [{"image": "img.nii.gz", "label": "lab.nii.gz"}]})
+    _dataset(tmp_path, {"training": [GOOD]})
     expected = {
         "msd": lambda: msd_datalist(tmp_path),
         "phantom": lambda: msd_datalist(tmp_path),

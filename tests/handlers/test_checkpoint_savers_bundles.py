@@ -58,7 +58,7 @@ def test_evaluating_a_seed_that_was_not_distilled_names_its_missing_checkpoint(t
             dataset_dir=str(tmp_path / "data"), output_dir=str(tmp_path / "output"), ckpt_dir=str(models),
         )  # fmt: skip
     missing = models / "tiny_unet_from_unet-mskd-s1.pt"
-    problems = validation_error(raised.value).problems
+    problems = validation_error(raised.value).lines
     assert any(
         p.startswith(f"ckpt_path: student checkpoint not found: {missing}. Train the student first") for p in problems
     )

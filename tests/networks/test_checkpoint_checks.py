@@ -1,13 +1,19 @@
-"""The up-front checks of a checkpoint (``mskd.validation``): what a self-describing checkpoint says is refused when
-the run differs, in one line naming the key, both values and the fix; a plain state dict is used with a warning."""
+"""The up-front checks of a checkpoint (``mskd.networks.checkpoint``, run by the bundles' pre-flight): what a
+self-describing checkpoint says is refused when the run differs, in one line naming the key, both values and the fix;
+a plain state dict is used with a warning."""
+
+from pathlib import Path
 
 import pytest
 import torch
 
+from mskd.bundle import Bundle
 from mskd.networks import UndescribedCheckpointWarning, checkpoint_metadata, get_network, save_weights
-from mskd.validation import _checkpoint_problems, inference_problems
+from mskd.networks.checkpoint import metadata_mismatch, read_checkpoint
+from mskd.validation import Flag, bundle_problems
 
 RUN = "tiny_unet_from_unet-mskd-s0"
+BUNDLE = Bundle(Path(__file__).resolve().parents[2] / "bundles" / "mskd_synapse")
 
 
 def _save(path, network="tiny_unet", num_classes=9, image_size=48, **kwargs):
@@ -16,9 +22,12 @@ def _save(path, network="tiny_unet", num_classes=9, image_size=48, **kwargs):
     return path
 
 
-def _checkpoint_lines(tmp_path, ckpt, **kwargs):
-    """``inference_problems`` on a missing input: its ``input`` line, then the checkpoint's."""
-    problems = inference_problems(tmp_path / "no_input", ckpt, **kwargs)
+def _checkpoint_lines(tmp_path, ckpt, flags=None, **run):
+    """The pre-flight of ``inference.json`` on a missing input: its ``input`` line, then the checkpoint's (on the
+    flags ``flags`` of a command that takes them from the checkpoint when left out)."""
+    parser = BUNDLE.parser(("inference.json",), input=str(tmp_path / "no_input"), ckpt_path=str(ckpt), **run)
+    shown = {key: Flag(flag, "the checkpoint's") for key, flag in (flags or {}).items()}
+    problems = [p.line(shown) for p in bundle_problems(parser)]
     assert problems[0].startswith("input: ")
     return problems[1:]
 
@@ -40,7 +49,7 @@ def test_a_checkpoint_used_as_trained_has_no_problem(tmp_path):
         (
             {"image_size": 224},
             {"image_size": "--image-size"},
-            "image_size: student checkpoint {ckpt} was trained on 48x48 slices, this run uses 224x224; "
+            "--image-size: student checkpoint {ckpt} was trained on 48x48 slices, this run uses 224x224; "
             "pass --image-size 48 or omit it to use the checkpoint's",
         ),
         (
@@ -56,7 +65,7 @@ def test_a_checkpoint_used_as_trained_has_no_problem(tmp_path):
             "another task; use that task's bundle",
         ),
         (
-            {"student_kwargs": {"channels": [8, 16, 32, 64]}},
+            {"student_kwargs": {"channels": [8, 16, 32, 64]}, "image_size": 48},
             None,
             "student_kwargs: student checkpoint {ckpt} was built with student_kwargs {{}}, this run with "
             "{{'channels': [8, 16, 32, 64]}}; pass --student_kwargs '{{}}'",
@@ -70,9 +79,8 @@ def test_a_mismatch_is_refused_in_one_line_naming_key_values_and_fix(tmp_path, r
 
 def test_evaluation_refuses_another_runs_checkpoint(tmp_path):
     ckpt = _save(tmp_path / "tiny_unet_from_unet-mskd-s1.pt")  # seed 0's weights under seed 1's name
-    network = get_network("tiny_unet", 1, 9)
-    run = {"image_size": 48, "run_name": "tiny_unet_from_unet-mskd-s1"}
-    assert _checkpoint_problems("ckpt_path", ckpt, "student", "tiny_unet", {}, network, 9, expected=run) == [
+    run = {"network": "tiny_unet", "image_size": 48, "run_name": "tiny_unet_from_unet-mskd-s1"}
+    assert metadata_mismatch(ckpt, "student", read_checkpoint(ckpt)[1], run) == [
         f"ckpt_path: student checkpoint {ckpt} was written by run {RUN}, this run evaluates "
         "tiny_unet_from_unet-mskd-s1; evaluate the run that wrote it, or train tiny_unet_from_unet-mskd-s1 first "
         "(each run keeps its own <run>.pt)"

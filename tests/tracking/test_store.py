@@ -122,27 +122,48 @@ def test_open_run_logs_to_a_new_run_when_the_checkpointed_one_is_elsewhere(tmp_p
         ("file://{tmp}/mlruns", "is a local folder, which MLflow 3 no longer supports"),
     ],
 )
-def test_a_bad_tracking_uri_is_one_clear_line_and_exit_status_2(tmp_path, capsys, uri, reason):
+def test_a_bad_tracking_uri_is_one_clear_line_raised_in_process(tmp_path, capsys, uri, reason):
+    """A library raises (a host process gets the exception, never a SystemExit); the command lines turn it into one
+    line and exit status 2 (tests/bundles/test_tracking_failures.py, tests/test_cli.py)."""
     (tmp_path / "a_file").write_text("not a folder")
     uri = uri.format(file=tmp_path / "a_file", tmp=tmp_path)
     with pytest.raises(TrackingError, match=re.escape(reason)):
         check_tracking_uri(uri, timeout=2)
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(TrackingError) as info:
         open_run(uri, "e", "r")
-    assert exit_info.value.code == 2
-    [line] = capsys.readouterr().err.splitlines()
-    assert line.startswith("mskd: MLflow tracking ") and repr(uri) in line and reason in line
+    [line] = str(info.value).splitlines()
+    assert line.startswith("MLflow tracking ") and repr(uri) in line and reason in line
     assert line.endswith("fix --tracking_uri (or MLFLOW_TRACKING_URI), or run without MLflow: --mlflow false")
+    assert capsys.readouterr().err == ""  # nothing printed: the caller reports it
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # the quick-check settings are undone
 
 
-def test_a_deleted_experiment_is_refused(tmp_path, capsys):
+def test_a_bundle_reports_an_unusable_store_as_a_problem_of_tracking_uri(tmp_path, monkeypatch, capsys):
+    """``$mskd.validation.open_tracking(@mlflow_run, ...)``: the exception in-process, one line and exit 2 on
+    MONAI's command line."""
+    from mskd.tracking import MlflowRun
+    from mskd.validation import ValidationError, open_tracking
+
+    run = MlflowRun("http://127.0.0.1:9", "e", "r")
+    with pytest.raises(ValidationError) as info:
+        open_tracking(run)
+    [line] = info.value.lines
+    assert line.startswith("tracking_uri: MLflow tracking store 'http://127.0.0.1:9' is unreachable or invalid (")
+    assert isinstance(info.value.__context__, TrackingError) and run.given_run_id is None
+    monkeypatch.setattr("mskd.validation._bundle_command_line", lambda: True)
+    with pytest.raises(SystemExit) as exit_info:
+        open_tracking(run)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[1] == f"  - {line}"
+    assert open_tracking(MlflowRun("http://127.0.0.1:9", "e", "r", enabled=False)) is None  # tracking off
+
+
+def test_a_deleted_experiment_is_refused(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     client = MlflowClient(tracking_uri=uri)
     client.delete_experiment(client.create_experiment("e"))
-    with pytest.raises(SystemExit):
+    with pytest.raises(TrackingError, match="MLflow experiment 'e' is deleted"):
         open_run(uri, "e", "r")
-    assert "MLflow experiment 'e' is deleted" in capsys.readouterr().err
 
 
 def _save_from_config(path):
@@ -249,7 +270,7 @@ def test_a_run_whose_process_dies_before_training_is_ended_at_exit(mlflow_uri, e
 # --- the store: created whole or not at all, refused at once when it cannot be written -------------------------
 
 
-def test_a_store_whose_creation_fails_midway_leaves_none(tmp_path, monkeypatch, capsys):
+def test_a_store_whose_creation_fails_midway_leaves_none(tmp_path, monkeypatch):
     import mlflow.store.db.utils
 
     def migration_fails(engine):
@@ -257,9 +278,8 @@ def test_a_store_whose_creation_fails_midway_leaves_none(tmp_path, monkeypatch, 
 
     uri = path_to_sqlite_uri(str(tmp_path / "out" / "mlruns.db"))
     monkeypatch.setattr(mlflow.store.db.utils, "_upgrade_db", migration_fails)
-    with pytest.raises(SystemExit):
+    with pytest.raises(TrackingError, match=re.escape("(killed mid-migration)")):
         open_run(uri, "e", "r")
-    assert "(killed mid-migration)" in capsys.readouterr().err
     assert os.listdir(tmp_path / "out") == []  # neither a store nor its temporary
     monkeypatch.undo()
     run_id = open_run(uri, "e", "r")
@@ -291,12 +311,12 @@ def test_a_store_creation_killed_midway_leaves_no_store(tmp_path):
 _OPEN = """
 import sys
 from mlflow.tracking import MlflowClient
-from mskd.tracking import open_run
+from mskd.tracking import TrackingError, open_run
 MlflowClient.__init__ = lambda *a, **k: sys.exit("MLflow was contacted")
 try:
     open_run(sys.argv[1], "e", "r")
-except SystemExit as e:
-    print(f"exit {e.code}")
+except TrackingError as e:
+    print(f"refused: {e}")
 """
 
 
@@ -320,12 +340,10 @@ def test_a_store_in_a_folder_this_process_cannot_write_is_refused_at_once():
         env = {**os.environ, "HOME": base, "MPLCONFIGDIR": base}
         cmd = [*prefix, sys.executable, "-c", _OPEN, uri]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-    assert proc.stdout == "exit 2\n", proc.stdout + proc.stderr
-    [line] = [line for line in proc.stderr.splitlines() if line.startswith("mskd:")]
-    assert line == (
-        f"mskd: MLflow tracking store {uri!r} is unreachable or invalid (cannot write in {folder} (Permission "
-        f"denied)); {FIX}"
-    )
+    assert proc.stdout == (
+        f"refused: MLflow tracking store {uri!r} is unreachable or invalid (cannot write in {folder} (Permission "
+        f"denied)); {FIX}\n"
+    ), proc.stdout + proc.stderr
 
 
 # --- a store that refuses a log call never stops the training ---------------------------------------------------

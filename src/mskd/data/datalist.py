@@ -70,6 +70,9 @@ _KITS_CASE = re.compile(r"case_(?P<number>\d+)")
 def msd_datalist(dataset_dir: str | os.PathLike, key: str = "training", filename: str = "dataset.json") -> list[dict]:
     """Read an MSD-style ``dataset.json`` (as written by ``mskd phantom``) into absolute-path dicts.
 
+    Every entry of the list must be an object naming an existing ``image`` and ``label`` file (relative to the
+    folder, or absolute); all the entries that do not are named in one error.
+
     Args:
         dataset_dir: folder holding ``filename``; relative paths inside it are resolved against this folder.
         key: which list to read (``"training"``, ``"test"``, ...).
@@ -80,23 +83,40 @@ def msd_datalist(dataset_dir: str | os.PathLike, key: str = "training", filename
 
     Raises:
         FileNotFoundError: when the folder or its ``dataset.json`` is missing.
-        ValueError: when ``key`` is not in the file or its list is empty.
+        NotADirectoryError: when ``dataset_dir`` is a file.
+        ValueError: when the file is not a JSON object, ``key`` is not in it, its list is empty or not a list, or
+            entries are not ``{"image": ..., "label": ...}`` objects naming existing files (every such entry is named).
     """
     dataset_dir = Path(dataset_dir)
     path = dataset_dir / filename
-    if not dataset_dir.is_dir():
-        raise FileNotFoundError(
-            f"dataset folder not found: {dataset_dir} "
-            "(set --dataset_dir; `mskd phantom --output-dir DIR` makes a demo set)"
-        )
+    _check_folder(dataset_dir, "dataset", "(set --dataset_dir; `mskd phantom --output-dir DIR` makes a demo set)")
     if not path.is_file():
-        raise FileNotFoundError(f"no {filename} in {dataset_dir} (an MSD-style dataset.json lists the cases)")
-    with open(path) as f:
-        content = json.load(f)
+        raise FileNotFoundError(
+            f"no {filename} in {dataset_dir} (an MSD-style dataset.json lists the cases; `mskd phantom` writes one)"
+        )
+    try:
+        content = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: holds a JSON {type(content).__name__}, not an object with a '{key}' list")
     if key not in content:
-        raise ValueError(f"{path} has no '{key}' list; it has {sorted(content)}")
-    if not content[key]:
-        raise ValueError(f"the '{key}' list of {path} is empty")
+        raise ValueError(f"{path}: has no '{key}' list; it has {sorted(content)}")
+    entries = content[key]
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path}: the '{key}' list is empty or not a list")
+    problems = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            problems.append(f"{key}[{i}] is a {type(entry).__name__}, not an {{'image': ..., 'label': ...}} object")
+            continue
+        for name in ("image", "label"):
+            if not isinstance(entry.get(name), str) or not entry[name]:
+                problems.append(f"{key}[{i}] has no '{name}' file name")
+            elif not (file := dataset_dir / entry[name]).is_file():  # an absolute path replaces the folder
+                problems.append(f"{key}[{i}]: {name} file not found: {file}")
+    if problems:
+        raise ValueError(f"{path}: " + "; ".join(problems))
     return load_decathlon_datalist(str(path), is_segmentation=True, data_list_key=key, base_dir=str(dataset_dir))
 
 
@@ -112,10 +132,14 @@ def split_cases(datalist: list[dict], num_val: int, seed: int = 0) -> tuple[list
         ``(train, val)``.
 
     Raises:
-        ValueError: unless ``1 <= num_val < len(datalist)``.
+        ValueError: unless ``num_val`` is an integer and ``1 <= num_val < len(datalist)``.
     """
-    if not 1 <= num_val < len(datalist):
-        raise ValueError(f"num_val must be in [1, {len(datalist) - 1}] for {len(datalist)} cases, got {num_val}")
+    if isinstance(num_val, bool) or not isinstance(num_val, int) or not 1 <= num_val < len(datalist):
+        left = f" leave {len(datalist) - num_val} to train on" if isinstance(num_val, int) else ""
+        raise ValueError(
+            f"{num_val!r} validation case(s) of the {len(datalist)} cases{left}; it must be an integer in "
+            f"[1, {len(datalist) - 1}]"
+        )
     train, val = partition_dataset(datalist, ratios=[len(datalist) - num_val, num_val], shuffle=True, seed=seed)
     return train, val
 
@@ -153,9 +177,11 @@ def _check_split(split: str, data_format: str, dataset_dir: Path) -> None:
         )
 
 
-def _check_folder(folder: Path, what: str) -> None:
+def _check_folder(folder: Path, what: str, hint: str = "") -> None:
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file, not a {what} folder")
     if not folder.is_dir():
-        raise FileNotFoundError(f"{what} folder not found: {folder}")
+        raise FileNotFoundError(f"{what} folder not found: {folder}" + (f" {hint}" if hint else ""))
 
 
 def synapse_npz_datalist(dataset_dir: str | os.PathLike, split: str = "training") -> list[dict]:

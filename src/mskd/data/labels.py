@@ -53,6 +53,12 @@ HU_WINDOWS: dict[str, tuple[float, float]] = {"synapse": (-125.0, 275.0), "kits"
 
 
 def organ_names(task: str) -> list[str]:
-    """The foreground class names of ``task`` in label order (what per-organ metrics are named after)."""
+    """The foreground class names of ``task`` in label order (what per-organ metrics are named after).
+
+    Raises:
+        ValueError: for an unknown ``task``.
+    """
+    if task not in TASK_LABELS:
+        raise ValueError(f"unknown task {task!r}; choose one of {list(TASK_LABELS)}")
     labels = TASK_LABELS[task]
     return [labels[k] for k in sorted(labels) if k > 0]

@@ -28,7 +28,8 @@ RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # MONAI's default labels, spe
 class LoadCased(Compose):
     """Load one case of any supported format as channel-first RAS volumes ``(1, H, W, D)``, slice axis last.
 
-    Steps: read (the right reader for the format), add the channel axis, reorient to RAS (KiTS19 volumes are
+    Steps: read (the right reader for the format, one ``LoadImaged`` per key, so that an unreadable file is told
+    apart from its partner), add the channel axis, reorient to RAS (KiTS19 volumes are
     stored slice-first; their affine puts the axial axis last after this), and for raw BTCV remap the 13 BTCV label
     ids to the 8 Synapse organs (:data:`mskd.data.labels.BTCV_TO_SYNAPSE`; the other five organs become background).
     It is a :class:`monai.transforms.Compose`, so ``Invertd`` can undo the reorientation of a prediction.
@@ -53,9 +54,9 @@ class LoadCased(Compose):
             ]
         elif data_format == "dicom":
             # slices stacked on the series' own grid (by position along the slice normal, not InstanceNumber)
-            loaders = [LoadImaged(keys, reader=DicomSeriesReader(), image_only=True)]
+            loaders = [LoadImaged(key, reader=DicomSeriesReader(), image_only=True) for key in keys]
         else:
-            loaders = [LoadImaged(keys, image_only=True)]
+            loaders = [LoadImaged(key, image_only=True) for key in keys]
         # allow_missing_keys: Invertd undoes the reorientation one key at a time (loading still requires every key)
         orient = Orientationd(keys, axcodes="RAS", labels=RAS_LABELS, allow_missing_keys=True)
         transforms = [*loaders, EnsureChannelFirstd(keys), orient]
@@ -100,9 +101,11 @@ def intensity_window(data_format: str, task: str = "synapse") -> list[float]:
     Raises:
         ValueError: for an unknown format or task.
     """
-    data_format = look_up_option(data_format, DATA_FORMATS)
-    window = look_up_option(task, HU_WINDOWS)
-    return [0.0, 1.0] if data_format == "synapse_npz" else list(window)
+    if data_format not in DATA_FORMATS:
+        raise ValueError(f"unknown data format {data_format!r}; choose one of {list(DATA_FORMATS)}")
+    if task not in HU_WINDOWS:
+        raise ValueError(f"unknown task {task!r}; choose one of {list(HU_WINDOWS)}")
+    return [0.0, 1.0] if data_format == "synapse_npz" else list(HU_WINDOWS[task])
 
 
 def _inline_composes(transform: Compose) -> Compose:

@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from numbers import Integral, Real
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -35,12 +35,14 @@ __all__ = [
     "METADATA_KEY",
     "METADATA_VERSION",
     "WEIGHTS_KEY",
+    "Mismatch",
     "UndescribedCheckpointWarning",
     "checkpoint_metadata",
     "count_parameters",
     "load_network",
     "load_weights",
     "metadata_mismatch",
+    "metadata_mismatches",
     "read_checkpoint",
     "read_state_dict",
     "save_weights",
@@ -62,6 +64,24 @@ _MISMATCH = {
     "run_name": ("ckpt_path", "was written by run {theirs}, this run evaluates {ours}"),
 }
 _IN_THE_WEIGHTS = {"network", "network_kwargs", "num_classes"}  # what the weights' shapes tell without metadata
+
+
+class Mismatch(NamedTuple):
+    """One way a checkpoint does not suit a run (:func:`metadata_mismatches`).
+
+    Attributes:
+        config_key: the config key of the run's setting that differs (``image_size``, ``student``, ...).
+        message: what differs, naming the checkpoint (``student checkpoint m.pt was trained on 48x48 slices, this
+            run uses 224x224``).
+        value: the setting's value that suits the checkpoint, as a command line takes it (``48``; a mapping as quoted
+            JSON, ``'{"channels": [4, 8]}'``), or ``None`` when no value of the run does.
+        fix: what to do instead when there is no such value (``it is a model of another task; ...``), else ``None``.
+    """
+
+    config_key: str
+    message: str
+    value: Any = None
+    fix: str | None = None
 
 
 class UndescribedCheckpointWarning(UserWarning):
@@ -249,17 +269,11 @@ def read_state_dict(path: str | os.PathLike, role: str = "network", mmap: bool =
     return read_checkpoint(path, role, mmap)[0]
 
 
-def metadata_mismatch(
-    path: str | os.PathLike,
-    role: str,
-    metadata: Mapping[str, Any] | None,
-    expected: Mapping[str, Any],
-    flags: Mapping[str, str] | None = None,
-) -> list[str]:
-    """What a checkpoint's metadata says against what a run is about to use it with, one line per difference.
-
-    Each line starts with the config key to change and ends with the fix, e.g.
-    ``image_size: student checkpoint m.pt was trained on 48x48 slices, this run uses 224x224; pass --image_size 48``.
+def metadata_mismatches(
+    path: str | os.PathLike, role: str, metadata: Mapping[str, Any] | None, expected: Mapping[str, Any]
+) -> list[Mismatch]:
+    """What a checkpoint's metadata says against what a run is about to use it with, one :class:`Mismatch` per
+    difference (the setting to change, what differs, and the value or the fix).
 
     Args:
         path: the checkpoint, for messages.
@@ -267,12 +281,9 @@ def metadata_mismatch(
         metadata: from :func:`read_checkpoint`; ``None`` (a plain state dict) warns that nothing can be checked.
         expected: metadata key (``network``, ``network_kwargs``, ``num_classes``, ``image_size``, ``run_name``) ->
             the run's value; ``None`` values are not checked.
-        flags: config key -> the command-line flag of a caller that takes the setting from the checkpoint unless
-            the flag is given (``{"image_size": "--image-size"}`` for ``mskd predict``); its fix says to leave the
-            flag out. Other settings' fixes name the bundle override (``--image_size``).
 
     Returns:
-        one line per mismatch (empty when the checkpoint suits the run, or does not describe itself).
+        one mismatch per difference (empty when the checkpoint suits the run, or does not describe itself).
     """
     checked = {k: v for k, v in expected.items() if v is not None}
     if metadata is None:
@@ -286,30 +297,65 @@ def metadata_mismatch(
                 stacklevel=2,
             )
         return []
-    flags = flags or {}
     if checked.get("network", metadata["network"]) != metadata["network"]:
         checked.pop("network_kwargs", None)  # another network's kwargs: the network's line says it all
-    problems = []
+    mismatches = []
     for key, ours in checked.items():
         theirs = metadata.get(key)
         ours = _plain(ours, key)
         if theirs is None or theirs == ours:  # an older checkpoint may lack an optional key
             continue
         config_key, what = (part.format(role=role, theirs=theirs, ours=ours) for part in _MISMATCH[key])
-        problems.append(f"{config_key}: {role} checkpoint {path} {what}; {_fix(key, config_key, theirs, ours, flags)}")
-    return problems
+        message = f"{role} checkpoint {path} {what}"
+        if key == "num_classes":
+            mismatches.append(
+                Mismatch(config_key, message, fix="it is a model of another task; use that task's bundle")
+            )
+        elif key == "run_name":
+            fix = f"evaluate the run that wrote it, or train {ours} first (each run keeps its own <run>.pt)"
+            mismatches.append(Mismatch(config_key, message, fix=fix))
+        else:
+            mismatches.append(Mismatch(config_key, message, value=_argument(theirs)))
+    return mismatches
 
 
-def _fix(key: str, config_key: str, theirs: Any, ours: Any, flags: Mapping[str, str]) -> str:
-    """How to make the run match the checkpoint (or why it cannot)."""
-    if key == "num_classes":
-        return "it is a model of another task; use that task's bundle"
-    if key == "run_name":
-        return f"evaluate the run that wrote it, or train {ours} first (each run keeps its own <run>.pt)"
-    value = f"'{json.dumps(theirs)}'" if isinstance(theirs, dict) else theirs
-    if config_key in flags:
-        return f"pass {flags[config_key]} {value} or omit it to use the checkpoint's"
-    return f"pass --{config_key} {value}"
+def metadata_mismatch(
+    path: str | os.PathLike,
+    role: str,
+    metadata: Mapping[str, Any] | None,
+    expected: Mapping[str, Any],
+    flags: Mapping[str, str] | None = None,
+) -> list[str]:
+    """:func:`metadata_mismatches` as lines, each starting with the config key to change and ending with the fix, e.g.
+    ``image_size: student checkpoint m.pt was trained on 48x48 slices, this run uses 224x224; pass --image_size 48``.
+
+    Args:
+        path, role, metadata, expected: as for :func:`metadata_mismatches`.
+        flags: config key -> the command-line flag of a caller that takes the setting from the checkpoint unless
+            the flag is given (``{"image_size": "--image-size"}`` for ``mskd export``); its fix says to leave the
+            flag out. Other settings' fixes name the bundle override (``--image_size``).
+
+    Returns:
+        one line per mismatch (empty when the checkpoint suits the run, or does not describe itself).
+    """
+    flags = flags or {}
+    lines = []
+    for mismatch in metadata_mismatches(path, role, metadata, expected):
+        fix, value = mismatch.fix, mismatch.value
+        if fix is None:
+            flag = flags.get(mismatch.config_key)
+            fix = (
+                f"pass {flag} {value} or omit it to use the checkpoint's"
+                if flag
+                else f"pass --{mismatch.config_key} {value}"
+            )
+        lines.append(f"{mismatch.config_key}: {mismatch.message}; {fix}")
+    return lines
+
+
+def _argument(value: Any) -> Any:
+    """A setting's value as a command line takes it (a mapping as quoted JSON: ``'{"channels": [4, 8]}'``)."""
+    return f"'{json.dumps(value)}'" if isinstance(value, dict) else value
 
 
 def state_dict_mismatch(network: nn.Module, state: Mapping[str, Any]) -> str:
@@ -328,9 +374,34 @@ def state_dict_mismatch(network: nn.Module, state: Mapping[str, Any]) -> str:
     )
 
 
+def _class_counts(network: nn.Module, state: Mapping[str, Any]) -> tuple[int, int] | None:
+    """``(the checkpoint's class count, the network's)`` when ``state`` differs from ``network``'s weights only in
+    that: wherever a tensor's shape differs, the network has one count (its classes) and ``state`` one other."""
+    own = network.state_dict()
+    if set(own) != set(state):
+        return None
+    ours, theirs = set(), set()
+    for key, tensor in own.items():
+        mine, other = tuple(tensor.shape), tuple(getattr(state[key], "shape", ()))
+        if len(mine) != len(other):
+            return None
+        for a, b in zip(mine, other, strict=True):
+            if a != b:
+                ours.add(a)
+                theirs.add(b)
+    return (theirs.pop(), ours.pop()) if len(ours) == len(theirs) == 1 else None
+
+
 def _load_state(network: nn.Module, state: Mapping[str, torch.Tensor], path: Path, role: str) -> nn.Module:
     details = state_dict_mismatch(network, state)
     if details:
+        counts = _class_counts(network, state)
+        if counts is not None:
+            hint = "teacher and student must predict the same classes" if role == "teacher" else "another task's model?"
+            raise ValueError(
+                f"{role} checkpoint {path} does not fit {type(network).__name__} (it predicts {counts[0]} classes, but "
+                f"the task has {counts[1]}: num_classes; {hint}): {details}"
+            )
         raise ValueError(
             f"{role} checkpoint {path} does not fit {type(network).__name__} "
             f"(was it written for another architecture or class count?): {details}"

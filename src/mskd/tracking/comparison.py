@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,7 +291,9 @@ class ComparisonHandler(RunArtefactHandler):
             return
         self.tables = self.mlflow.read(self._compare, default={})
         for table in self.tables.values():
-            print(f"\n{table}\n", flush=True)
+            text = f"\n{table}\n"
+            encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+            print(text.encode(encoding, errors="replace").decode(encoding), flush=True)  # ± on an ASCII terminal
 
     def _compare(self) -> dict[str, str]:
         client = self.mlflow.client
@@ -347,7 +350,7 @@ def log_comparison(
         tables[name] = format_comparison(rows, organs, title)
         output_dir.mkdir(parents=True, exist_ok=True)
         md, png = output_dir / f"comparison-{name}.md", output_dir / f"comparison-{name}.png"
-        md.write_text(tables[name] + "\n")
+        md.write_text(tables[name] + "\n", encoding="utf-8")
         save_figure(comparison_figure(rows, organs, title), png, dpi)
         run_name = summary_run_name(teacher, name)
         found = client.search_runs([experiment_id], filter_string=f"attributes.run_name = '{run_name}'", max_results=1)

@@ -81,6 +81,11 @@ class MlflowRun:
 
         Returns:
             the run id, or ``None`` with tracking off.
+
+        Raises:
+            mskd.tracking.TrackingError: when the store cannot be used (unreachable, invalid, experiment deleted);
+                nothing is opened. A bundle calls this through :func:`mskd.validation.open_tracking`, which reports
+                it as a problem of ``tracking_uri``.
         """
         if not self.enabled:
             return None

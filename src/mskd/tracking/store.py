@@ -30,6 +30,8 @@ from typing import Any, TypeVar
 
 from monai.utils import path_to_sqlite_uri, path_to_uri
 
+from mskd.io import error_line  # re-exported: the one helper that puts an error on one line
+
 __all__ = [
     "CHECK_TIMEOUT_S",
     "LOG_ATTEMPTS",
@@ -60,12 +62,6 @@ _IN_LOG_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("mskd_in_log
 
 class TrackingError(RuntimeError):
     """The MLflow tracking store cannot be used (unreachable, invalid URI, deleted experiment)."""
-
-
-def error_line(error: BaseException) -> str:
-    """An error's first non-empty line, at most 240 characters (SQLAlchemy's go on with the SQL and a link)."""
-    line = next((line for line in str(error).splitlines() if line.strip()), "")
-    return " ".join(line.split())[:240] or type(error).__name__
 
 
 def tracking_uri(output_dir: str | os.PathLike) -> str:
@@ -245,8 +241,9 @@ def open_run(
     :func:`close_stale_runs` as ``keep``, and to :func:`run_tracked`; a run never handed to :func:`run_tracked` and
     still ``RUNNING`` when the process exits is ended ``FAILED`` (``KILLED`` after Ctrl-C) then.
 
-    When the store cannot be used, this prints one line (``mskd: MLflow tracking store ... is unreachable ...``) to
-    stderr and exits with status 2: it runs in a bundle's ``initialize``, before any training.
+    When the store cannot be used, this raises :class:`TrackingError`, whose one-line message names the store and the
+    fix, before any run is created; a bundle opens its run through :func:`mskd.validation.open_tracking`, which
+    reports it as a problem of ``tracking_uri`` (exit status 2 on a command line, the exception in a host process).
 
     Args:
         uri: MLflow tracking URI.
@@ -258,16 +255,12 @@ def open_run(
         the run id.
 
     Raises:
-        SystemExit: when the store is unreachable or invalid, or the experiment is deleted.
+        TrackingError: when the store is unreachable or invalid, or the experiment is deleted.
     """
     from mskd.engines.checkpointing import checkpoint_run_id
 
-    try:
-        client = check_tracking_uri(uri)
-        experiment_id = _experiment_id(client, uri, experiment_name)
-    except TrackingError as e:
-        print(f"mskd: {e}", file=sys.stderr)
-        raise SystemExit(2) from e
+    client = check_tracking_uri(uri)
+    experiment_id = _experiment_id(client, uri, experiment_name)
     resumed = checkpoint_run_id(resume_from)
     if resumed is not None:
         try:
