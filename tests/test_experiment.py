@@ -195,7 +195,9 @@ def test_tiny_matrix_end_to_end_nested_and_resumable(tmp_path, capsys):
     parent = runs["tiny"]
     assert parent.info.status == "FINISHED"
     children = [r for r in runs.values() if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 2 * len(rows)  # each run's training and its test evaluation
+    assert sorted(r.info.run_name for r in children) == sorted(row["run"] for row in rows)  # the trainings
+    for row in rows:  # each test evaluation nested under the training it evaluates
+        assert runs[f"{row['run']}-test"].data.tags["mlflow.parentRunId"] == runs[row["run"]].info.run_id
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"results.csv", "results.md", "dice.png"}
 
     # re-running skips every finished run: nothing new in the store, the same parent

@@ -148,7 +148,7 @@ def test_handler_prints_writes_and_logs_a_summary_run(store, tmp_path, capsys):
     handler.completed()
     printed = capsys.readouterr().out
     assert "| **mean Dice** | 80.0 | 55.0 ± 7.1 | 65.0 ± 0.0 (+40%) | 55.0 (+0%) |" in printed
-    assert (tmp_path / "out" / "comparison-espnet.md").read_text().strip() == handler.tables["espnet"]
+    assert (tmp_path / "out" / "comparison-espnet.md").read_text(encoding="utf-8").strip() == handler.tables["espnet"]
     assert (tmp_path / "out" / "comparison-espnet.png").stat().st_size > 0
     (summary,) = client.search_runs([experiment_id], filter_string="tags.role = 'summary'")
     assert summary.info.run_name == "compare-espnet-from-unet" and summary.info.status == "FINISHED"
